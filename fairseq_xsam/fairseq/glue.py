@@ -1,0 +1,283 @@
+"""The glue between fairseq's trainer and XSAM: replaying the update's batch.
+
+fairseq's optimizer never sees the batch. The trainer runs ``task.train_step`` per micro-batch,
+all-reduces and normalises the gradients, calls :meth:`Trainer.clip_grad_norm`, then
+``optimizer.step()``. The glue, attached to the trainer when it builds ``xsam_adamw``:
+
+1. records every micro-batch of the update as ``task.train_step`` receives it (the prepared
+   sample, the dummy-batch flag, the random state, so dropout masks can be replayed);
+2. records the trainer's normalisation factor (``optimizer.multiply_grads``);
+3. at ``clip_grad_norm`` — gradients reduced and normalised, not yet clipped — runs the XSAM
+   passes (:func:`fairseq_xsam.core.sharpness_update`): each extra gradient replays all
+   micro-batches through the task's own ``train_step`` with the trainer's ``no_sync`` pattern,
+   all-reduce and factor; each probe replays them forward-only; then it leaves the descent
+   gradient where the trainer's gradient was, in the units the trainer expects, and lets the
+   trainer clip it (so ``--clip-norm`` applies to the descent gradient) and step.
+
+Precision is handled here, once, by :class:`Precision`: the math runs in fp32 on the tensors
+the inner optimizer owns (the model's parameters in fp32 and ``--amp``; the fp32 master copy in
+``--fp16``, whose fp16 model weights are refreshed after every move).
+
+Random state: every pass of an update replays the random state its micro-batch had in the
+trainer's pass, so all passes (gradients and probes) see the same dropout masks: L is one
+function of θ and α is not picked by dropout noise. Afterwards the random state is put back to
+what the trainer's pass left, so the rest of training draws the same numbers as with AdamW.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any, List
+
+import torch
+from fairseq import distributed_utils, utils
+from fairseq.logging import metrics
+from fairseq.optim.amp_optimizer import AMPOptimizer
+from fairseq.optim.fp16_optimizer import FP16Optimizer
+from fairseq.tasks import FairseqTask
+
+from .. import core
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class MicroBatch:
+    sample: Any
+    ignore_grad: bool
+    update_num: int
+    rng: dict
+    kwargs: dict = field(default_factory=dict)
+
+
+class Precision:
+    """Where θ and its fp32 gradient live, and how a pass's gradient reaches true units."""
+
+    def __init__(self, wrapper, inner):
+        self.wrapper = wrapper  # what the trainer calls: FP16Optimizer, AMPOptimizer or ours
+        self.inner = inner  # XSAMAdamW (the FairseqOptimizer)
+        self.mode = ("fp16" if isinstance(wrapper, FP16Optimizer)
+                     else "amp" if isinstance(wrapper, AMPOptimizer) else "fp32")
+
+    def grads(self) -> List[torch.Tensor]:
+        return [p.grad for p in self.inner.params if p.grad is not None]
+
+    def _amp_scale(self):
+        scaler = self.wrapper.scaler
+        scale = getattr(scaler, "_scale", None)  # a tensor: no host sync
+        return scale if (scaler.is_enabled() and scale is not None) else None
+
+    def to_true_units(self, factor=None) -> None:
+        """After backward (+ all-reduce): gradient ← true normalised gradient in fp32.
+
+        ``factor`` is the trainer's normalisation for a replayed pass; None for the trainer's own
+        pass, which it already applied (fp32, amp) or recorded (fp16)."""
+        if self.mode == "fp16":
+            self.wrapper._sync_fp16_grads_to_fp32()
+            total = self.wrapper._multiply_factor * (1.0 if factor is None else factor)
+            torch._foreach_mul_(self.grads(), _on(total, self.grads()))
+            self.wrapper._multiply_factor = 1.0
+            return
+        total = 1.0 if factor is None else factor
+        if self.mode == "amp":
+            scale = self._amp_scale()
+            if scale is not None:
+                total = total / scale.float()
+        if not (isinstance(total, float) and total == 1.0):
+            torch._foreach_mul_(self.grads(), _on(total, self.grads()))
+
+    def to_trainer_units(self) -> None:
+        """Descent gradient (true units) → what the trainer's ``clip_grad_norm`` expects."""
+        if self.mode == "amp":
+            scale = self._amp_scale()
+            if scale is not None:
+                torch._foreach_mul_(self.grads(), _on(scale.float(), self.grads()))
+        # fp16: the fp32 master gradient is final (factor 1, nothing left to sync); fp32: as is
+
+    def moved(self) -> None:
+        if self.mode == "fp16":
+            self.wrapper._sync_fp32_params_to_fp16()
+
+    def after_clip(self) -> None:
+        """--amp: fairseq unscales the inner optimizer in clip_grad_norm and, through
+        ``scaler.step(fp32_optimizer)``, a second time in step (ENVIRONMENT.md). Mark the wrapper
+        as unscaled too, so AdamW gets the true descent gradient, as in fp32."""
+        if self.mode != "amp" or self._amp_scale() is None:
+            return
+        states = self.wrapper.scaler._per_optimizer_states
+        states[id(self.wrapper.fp32_optimizer)] = states[id(self.wrapper.optimizer)]
+
+
+def _on(value, like):
+    if torch.is_tensor(value) and like:
+        return value.to(like[0].device)
+    return value
+
+
+class TrainerGlue:
+    """Attached to a fairseq ``Trainer`` whose optimizer is ``xsam_adamw`` (see :func:`attach`)."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+        self.micro: List[MicroBatch] = []
+        self.factor = None
+        cfg = trainer.cfg
+        if cfg.optimization.use_bmuf:
+            raise ValueError("--use-bmuf is not supported by --optimizer xsam_adamw "
+                             "(allowed: --ddp-backend c10d, legacy_ddp or no_c10d)")
+        if trainer.is_fsdp or cfg.distributed_training.zero_sharding != "none":
+            raise ValueError("--ddp-backend fully_sharded and --zero-sharding are not supported "
+                             "by --optimizer xsam_adamw (allowed: c10d, legacy_ddp, no_c10d)")
+        if cfg.common.tpu:
+            raise ValueError("--tpu is not supported by --optimizer xsam_adamw (allowed: GPU/CPU)")
+        task = trainer.task
+        if type(task).train_step is not FairseqTask.train_step:
+            raise ValueError(
+                f"--optimizer xsam_adamw replays the update's batch through FairseqTask.train_step,"
+                f" but task {type(task).__name__} overrides train_step (allowed: tasks using the "
+                "base train_step, e.g. --task translation)")
+        self._train_step = task.train_step
+        task.train_step = self._record
+        self._task_begin_epoch = task.begin_epoch
+        task.begin_epoch = self._begin_epoch
+        self._clip = trainer.clip_grad_norm
+        trainer.clip_grad_norm = self._clip_grad_norm
+        self._zero_grad = trainer.zero_grad
+        trainer.zero_grad = self._start_update
+        self.hook_optimizer()
+
+    # -- recording ---------------------------------------------------------------------------
+    def hook_optimizer(self):
+        wrapper = self.trainer._optimizer
+        if getattr(wrapper, "_xsam_factor_hooked", False):
+            return
+        multiply = wrapper.multiply_grads
+
+        def multiply_grads(c):
+            self.factor = c
+            return multiply(c)
+
+        wrapper.multiply_grads = multiply_grads
+        wrapper._xsam_factor_hooked = True
+
+    def _start_update(self):
+        self.micro, self.factor = [], None
+        return self._zero_grad()
+
+    def _record(self, sample, model, criterion, optimizer, update_num, ignore_grad=False,
+                **kwargs):
+        self.micro.append(MicroBatch(sample, bool(ignore_grad), update_num,
+                                     utils.get_rng_state(), kwargs))
+        return self._train_step(sample, model, criterion, optimizer, update_num,
+                                ignore_grad=ignore_grad, **kwargs)
+
+    def _begin_epoch(self, epoch, model):
+        self.xsam.begin_epoch(epoch)
+        return self._task_begin_epoch(epoch, model)
+
+    # -- the update ---------------------------------------------------------------------------
+    @property
+    def inner(self):
+        wrapper = self.trainer._optimizer
+        return getattr(wrapper, "fp32_optimizer", wrapper)
+
+    @property
+    def xsam(self):
+        return self.inner.optimizer
+
+    def _clip_grad_norm(self, clip_norm):
+        if not self.micro or self.factor is None:
+            raise RuntimeError(
+                "--optimizer xsam_adamw: this update's forward/backward passes did not go through "
+                "task.train_step and trainer.train_step, so XSAM cannot replay the batch "
+                "(allowed: fairseq's Trainer with a task using FairseqTask.train_step)")
+        try:
+            self.sharpness()
+        finally:
+            self.micro, self.factor = [], None
+        grad_norm = self._clip(clip_norm)
+        self.precision.after_clip()
+        return grad_norm
+
+    def sharpness(self) -> core.UpdateInfo:
+        self.hook_optimizer()
+        self.precision = precision = Precision(self.trainer._optimizer, self.inner)
+        after_first_pass = utils.get_rng_state()
+        precision.to_true_units()
+        try:
+            info = self.xsam.sharpness_gradient(self._gradient, self._loss, precision.moved)
+        finally:
+            utils.set_rng_state(after_first_pass)
+        precision.to_trainer_units()
+        self._log(info)
+        return info
+
+    def _no_sync(self, i: int):
+        model = self.trainer.model
+        if (self.trainer.data_parallel_world_size > 1 and hasattr(model, "no_sync")
+                and i < len(self.micro) - 1):
+            return model.no_sync()
+        return contextlib.ExitStack()
+
+    def _gradient(self):
+        """∇L at the current parameters, made exactly like the trainer's pass."""
+        trainer, wrapper = self.trainer, self.trainer._optimizer
+        wrapper.zero_grad()
+        for i, m in enumerate(self.micro):
+            utils.set_rng_state(m.rng)
+            with self._no_sync(i):
+                self._train_step(m.sample, trainer.model, trainer.criterion, wrapper,
+                                 m.update_num, ignore_grad=m.ignore_grad, **m.kwargs)
+        wrapper.all_reduce_grads(trainer.model)
+        if utils.has_parameters(trainer.criterion):
+            wrapper.all_reduce_grads(trainer.criterion)
+        self.precision.to_true_units(self.factor)
+
+    def _loss(self) -> torch.Tensor:
+        """L at the current parameters, forward only, normalised like the gradient."""
+        trainer = self.trainer
+        amp = self.precision.mode == "amp"
+        total = None
+        for m in self.micro:
+            utils.set_rng_state(m.rng)
+            with torch.no_grad(), torch.autocast(
+                    device_type="cuda" if torch.cuda.is_available() else "cpu", enabled=amp):
+                trainer.model.train()
+                loss, _, _ = trainer.criterion(trainer.model, m.sample)
+            loss = loss.detach().float() * (0.0 if m.ignore_grad else 1.0)
+            total = loss if total is None else total + loss
+        if trainer.data_parallel_world_size > 1:
+            total = distributed_utils.all_reduce(total, group=trainer.data_parallel_process_group)
+        factor = self.factor / trainer.data_parallel_world_size
+        return total * (factor.to(total.device) if torch.is_tensor(factor) else factor)
+
+    def _log(self, info: core.UpdateInfo) -> None:
+        metrics.log_scalar("xsam_alpha", info.alpha if info.alpha is not None
+                           else self.xsam.alpha, weight=1, priority=800, round=2)
+        metrics.log_scalar("xsam_gk_norm", info.grad_norm, priority=810, round=3)
+        if info.phi is not None:
+            metrics.log_scalar("xsam_phi", torch.rad2deg(info.phi), priority=820, round=2)
+        if info.probe_losses is not None:
+            finite = info.probe_losses[torch.isfinite(info.probe_losses)]
+            if finite.numel():
+                metrics.log_scalar("xsam_probe_max", finite.max(), priority=830, round=3)
+            logger.info("XSAM alpha search at update %d: alpha=%.2f (probe losses %s)",
+                        self.trainer.get_num_updates() + 1, info.alpha,
+                        " ".join(f"{x:.4f}" for x in info.probe_losses.tolist()))
+
+
+def attach(trainer) -> None:
+    """Attaches the glue once per trainer, if its optimizer is ``xsam_adamw``."""
+    from .optimizer import XSAMAdamW
+
+    wrapper = trainer._optimizer
+    inner = getattr(wrapper, "fp32_optimizer", wrapper)
+    if not isinstance(inner, XSAMAdamW):
+        return
+    glue = getattr(trainer, "_xsam_glue", None)
+    if glue is None:
+        trainer._xsam_glue = TrainerGlue(trainer)
+    else:
+        glue.hook_optimizer()

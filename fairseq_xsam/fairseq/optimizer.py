@@ -1,0 +1,84 @@
+"""``--optimizer xsam_adamw``: XSAM around fairseq's Adam (decoupled weight decay, i.e. AdamW).
+
+The optimizer itself only holds state and takes the AdamW step; the extra passes over the
+update's batch are run by :mod:`fairseq_xsam.fairseq.glue`, which fairseq's trainer gets when it
+builds this optimizer. Options (one dataclass, so CLI, hydra configs and docs agree) are those of
+``--optimizer adam`` plus the ones below.
+"""
+
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from fairseq.optim import FairseqOptimizer, register_optimizer
+from fairseq.optim.adam import Adam, FairseqAdam, FairseqAdamConfig
+from fairseq.optim.fused_adam import get_fused_adam_class
+
+from ..core import VARIANTS
+from ..optim import XSAM
+from ..settings import check
+
+
+@dataclass
+class XSAMAdamWConfig(FairseqAdamConfig):
+    rho: float = field(default=0.15, metadata={
+        "help": "total ascent radius rho > 0 (paper, IWSLT14: 0.15); each ascent step moves rho/k"})
+    probe_rho: float = field(default=0.45, metadata={
+        "help": "probe radius rho' > 0 of the alpha search (paper, IWSLT14: 0.45; usually 2-3 rho)"})
+    ascent_steps: int = field(default=1, metadata={
+        "help": "ascent steps k >= 1; an update costs k+1 forward/backward passes"})
+    sam_variant: str = field(default="xsam", metadata={
+        "help": "descent direction: " + ", ".join(VARIANTS) + " (xsam searches alpha; fixed uses "
+                "--alpha; sam/msam/msam+/lsam/lsam+ are the paper's baselines)"})
+    alpha: float = field(default=1.0, metadata={
+        "help": "interpolation factor alpha in [0, --alpha-max]: fixed for --sam-variant fixed, "
+                "initial value for xsam (1 = SAM's direction, 0 = the ascent direction)"})
+    alpha_max: float = field(default=2.0, metadata={"help": "largest alpha searched (> 0)"})
+    alpha_step: float = field(default=0.1, metadata={
+        "help": "alpha grid step, 0 < step <= --alpha-max (0.1 and 2.0 give 21 probes)"})
+    alpha_search: Optional[str] = field(default=None, metadata={
+        "help": "when to search alpha: 'epoch' (first update of every epoch; default for xsam), "
+                "'never' (default for the other variants), or N = every N updates"})
+    adaptive: bool = field(default=False, metadata={
+        "help": "ASAM's adaptive ascent: scale it element-wise by |w| + --asam-eta"})
+    asam_eta: float = field(default=0.01, metadata={"help": "eta of ASAM (>= 0)"})
+
+
+@register_optimizer("xsam_adamw", dataclass=XSAMAdamWConfig)
+class XSAMAdamW(FairseqOptimizer):
+    """XSAM (Chen & Zhou, ICLR 2026) with fairseq's AdamW as the base optimizer.
+
+    ``--sam-variant sam`` gives SAM, ``fixed`` the WSAM-like baseline, and so on; with any variant
+    the descent gradient reaches fairseq's Adam exactly where a plain gradient would, so the
+    learning-rate schedule, ``--clip-norm`` and weight decay act on it unchanged.
+    """
+
+    def __init__(self, cfg: XSAMAdamWConfig, params):
+        super().__init__(cfg)
+        self.schedule = check(rho=cfg.rho, probe_rho=cfg.probe_rho,
+                              ascent_steps=cfg.ascent_steps, variant=cfg.sam_variant,
+                              alpha=cfg.alpha, alpha_max=cfg.alpha_max,
+                              alpha_step=cfg.alpha_step, search=cfg.alpha_search,
+                              adaptive=cfg.adaptive, asam_eta=cfg.asam_eta, cli=True)
+        if getattr(cfg, "fp16_adam_stats", False):
+            raise ValueError("--fp16-adam-stats is not supported by --optimizer xsam_adamw "
+                             "(allowed: leave it off)")
+        fused = get_fused_adam_class()
+        base = fused if (fused is not None and torch.cuda.is_available()
+                         and not cfg.use_old_adam and not cfg.tpu) else Adam
+        self._optimizer = XSAM(
+            params, base, rho=cfg.rho, probe_rho=cfg.probe_rho, ascent_steps=cfg.ascent_steps,
+            variant=cfg.sam_variant, alpha=cfg.alpha, alpha_max=cfg.alpha_max,
+            alpha_step=cfg.alpha_step, search_every=self.schedule, adaptive=cfg.adaptive,
+            asam_eta=cfg.asam_eta, **self.optimizer_config)
+
+    optimizer_config = FairseqAdam.optimizer_config
+
+    @property
+    def supports_flat_params(self):
+        return True  # the math is over a list of tensors; one flat fp32 tensor is such a list
+
+    @property
+    def supports_memory_efficient_fp16(self):
+        return False  # no fp32 copy of θ to restore from: refused with a message by the glue

@@ -1,0 +1,227 @@
+r"""XSAM for plain PyTorch: a wrapper around any ``torch.optim`` optimizer.
+
+.. math::
+   \begin{aligned}
+   &\textbf{input}: \theta, \rho, \rho', k, \alpha, \text{base optimizer } B \\
+   &\theta_0 = \theta,\quad g_i = \nabla L(\theta_i),\quad
+     \theta_{i+1} = \theta_i + \tfrac{\rho}{k}\, g_i/\lVert g_i\rVert \quad (i < k) \\
+   &u = \tfrac{\theta_k-\theta}{\lVert\theta_k-\theta\rVert},\quad v = \tfrac{g_k}{\lVert g_k\rVert},
+     \quad \phi = \angle(u, v) \\
+   &d(\alpha) = \tfrac{\sin((1-\alpha)\phi)\,u + \sin(\alpha\phi)\,v}{\sin\phi} \\
+   &\text{on search steps: } \alpha \leftarrow \arg\max_{\alpha \in \{0,\Delta,\dots,\alpha_{max}\}}
+     L(\theta + \rho' d(\alpha)) \\
+   &\theta \leftarrow B\big(\theta,\ \lVert g_k\rVert\, d(\alpha)\big)
+   \end{aligned}
+
+Chen & Zhou, "Revisiting Sharpness-Aware Minimization: A More Faithful and Effective
+Implementation", ICLR 2026 (Sec. 4, Algorithm 1). The math lives in :mod:`fairseq_xsam.core`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Optional
+
+import torch
+
+from . import core
+from .settings import check
+
+logger = logging.getLogger(__name__)
+
+_HYPER = ("rho", "probe_rho", "ascent_steps", "variant", "alpha_max", "alpha_step",
+          "search_every", "adaptive", "asam_eta")
+
+
+class XSAM(torch.optim.Optimizer):
+    r"""eXplicit Sharpness-Aware Minimization around a base optimizer.
+
+    Args:
+        params: parameters or parameter groups, as for any ``torch.optim`` optimizer.
+        base_optimizer: the optimizer class taking the descent step (``torch.optim.SGD``, AdamW…);
+            it is built on this optimizer's ``param_groups`` with the remaining ``**kwargs``.
+        rho (float): total ascent radius ρ > 0 (default 0.15); each of k steps moves ρ/k.
+        probe_rho (float): probe radius ρ' > 0 for the α search (default 0.3; the paper uses 2ρ-3ρ).
+        ascent_steps (int): k ≥ 1 (default 1). A step costs k + 1 gradient evaluations.
+        variant (str): 'xsam' (search α), 'fixed' (fixed α, the WSAM-like baseline), 'sam',
+            'msam', 'msam+', 'lsam', 'lsam+' (see ``fairseq_xsam.core.VARIANTS``).
+        alpha (float): α in use until the first search (default 1.0 = SAM's direction).
+        alpha_max, alpha_step (float): the grid 0, Δ, …, α_max searched (defaults 2.0, 0.1).
+        search_every: 'xsam' only. N > 0 searches on steps 1, N+1, 2N+1, …; 0 never; 'epoch'
+            searches on the first step after each :meth:`begin_epoch`. Default 1 for 'xsam'.
+        adaptive (bool): ASAM's ascent, scaled element-wise by T = |θ| + η (default False).
+        asam_eta (float): η of ASAM (default 0.01).
+
+    ``step(closure)``: ``closure()`` returns the batch loss; it must not call ``backward`` or
+    ``zero_grad`` (the optimizer does, k + 1 times, and calls it under ``torch.no_grad()`` for the
+    probes). Every pass of one step sees the random state the step started with, so dropout masks
+    are the same in all of them (the probes compare one function), and the random stream after the
+    step is the one a plain step would leave. ``step()`` without a closure applies a descent
+    gradient prepared by :meth:`sharpness_gradient` (the fairseq glue does that).
+    """
+
+    def __init__(self, params, base_optimizer, rho: float = 0.15, probe_rho: float = 0.3,
+                 ascent_steps: int = 1, variant: str = "xsam", alpha: float = 1.0,
+                 alpha_max: float = 2.0, alpha_step: float = 0.1, search_every=None,
+                 adaptive: bool = False, asam_eta: float = 0.01, **kwargs):
+        schedule = check(rho=rho, probe_rho=probe_rho, ascent_steps=ascent_steps,
+                         variant=variant, alpha=alpha, alpha_max=alpha_max,
+                         alpha_step=alpha_step, search=search_every, adaptive=adaptive,
+                         asam_eta=asam_eta)
+        defaults = dict(rho=rho, probe_rho=probe_rho, ascent_steps=ascent_steps, variant=variant,
+                        alpha_max=alpha_max, alpha_step=alpha_step, search_every=schedule,
+                        adaptive=adaptive, asam_eta=asam_eta)
+        super().__init__(params, defaults)
+        self.base_optimizer = base_optimizer(self.param_groups, **kwargs)
+        self.param_groups = self.base_optimizer.param_groups
+        self.state = self.base_optimizer.state
+        self.defaults.update(self.base_optimizer.defaults)
+        # The search clock: α, committed steps, the epoch and the last epoch that searched.
+        self.search_state = {"alpha": float(alpha), "step": 0, "epoch": 1, "searched_epoch": None}
+        self._backup = None  # θ's copy during a step: scratch, never saved
+        self._prepared: Optional[core.UpdateInfo] = None
+
+    # -- the search clock ----------------------------------------------------------------
+    @property
+    def alpha(self) -> float:
+        """The α in use (float)."""
+        return self.search_state["alpha"]
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Tells the optimizer a new epoch starts (for ``search_every='epoch'``)."""
+        self.search_state["epoch"] = int(epoch)
+
+    def search_due(self) -> bool:
+        """Whether the next step searches α."""
+        schedule = self.hyper["search_every"]
+        if not core.VARIANTS[self.hyper["variant"]].searches or schedule == 0:
+            return False
+        if schedule == "epoch":
+            return self.search_state["searched_epoch"] != self.search_state["epoch"]
+        return self.search_state["step"] % schedule == 0
+
+    @property
+    def hyper(self) -> dict:
+        """XSAM's settings (one ascent over all groups, so every group must agree)."""
+        first = self.param_groups[0]
+        for group in self.param_groups[1:]:
+            for key in _HYPER:
+                if group[key] != first[key]:
+                    raise ValueError(f"Invalid param group: {key}={group[key]!r} differs from the "
+                                     f"first group's {first[key]!r} (XSAM ascends over all "
+                                     "parameters at once; allowed: the same value in every group)")
+        return {key: first[key] for key in _HYPER}
+
+    # -- the update -------------------------------------------------------------------------
+    def _params(self):
+        return [p for group in self.param_groups for p in group["params"] if p.grad is not None]
+
+    def sharpness_gradient(self, compute_grad: Callable, compute_loss: Optional[Callable] = None,
+                           moved: Callable[[], None] = lambda: None,
+                           search: Optional[bool] = None) -> core.UpdateInfo:
+        """Replaces the gradients g_0 (already in ``p.grad``) by the descent gradient.
+
+        ``compute_grad()`` must leave ∇L at the current parameters in their ``.grad`` (zeroing them
+        first); ``compute_loss()`` returns L at the current parameters without gradients. The
+        parameters are restored bit-exactly before this returns, also when a pass raises. The α a
+        search finds is committed by the next :meth:`step`.
+        """
+        h = self.hyper
+        theta = self._params()
+        if self._backup is None or len(self._backup) != len(theta) or any(
+                b.shape != p.shape or b.dtype != p.dtype or b.device != p.device
+                for b, p in zip(self._backup, theta)):
+            self._backup = [torch.empty_like(p) for p in theta]
+        search = self.search_due() if search is None else search
+        if search and compute_loss is None:
+            raise ValueError("an α search needs compute_loss")
+
+        def grads_of_theta():
+            with torch.enable_grad():
+                compute_grad()
+            for p in theta:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            return [p.grad for p in theta]
+
+        with torch.no_grad():
+            info = core.sharpness_update(
+                theta, [p.grad for p in theta], self._backup, rho=h["rho"],
+                ascent_steps=h["ascent_steps"], variant=h["variant"], alpha=self.alpha,
+                search_grid=core.alpha_grid(h["alpha_max"], h["alpha_step"]) if search else None,
+                probe_rho=h["probe_rho"], adaptive=h["adaptive"], asam_eta=h["asam_eta"],
+                compute_grad=grads_of_theta, compute_loss=compute_loss, moved=moved)
+        if info.searched and info.probe_losses is not None and not bool(
+                torch.isfinite(info.probe_losses).any()):
+            logger.warning("XSAM: every probe loss is non-finite; keeping alpha=%s", self.alpha)
+        self._prepared = info
+        return info
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One XSAM step (with ``closure``), or the base step on a prepared descent gradient."""
+        loss = None
+        if closure is not None:
+            loss = self._closure_step(closure)
+        if self._prepared is None:
+            raise RuntimeError(
+                "XSAM.step() needs a closure that returns the batch loss (XSAM evaluates the loss "
+                "k + 1 times per step); without one, call sharpness_gradient() first")
+        info, self._prepared = self._prepared, None
+        self.base_optimizer.step()
+        self.search_state["step"] += 1
+        if info.searched:
+            self.search_state["alpha"] = info.alpha
+            self.search_state["searched_epoch"] = self.search_state["epoch"]
+        return loss
+
+    def _closure_step(self, closure):
+        devices = sorted({p.device for g in self.param_groups for p in g["params"]
+                          if p.device.type == "cuda"}, key=str)
+        start = _rng_state(devices)
+
+        def gradient():
+            self.zero_grad(set_to_none=False)
+            _set_rng_state(start, devices)
+            with torch.enable_grad():
+                value = closure()
+                value.backward()
+            return value
+
+        loss = gradient()
+        after = _rng_state(devices)  # the stream a plain step would continue with
+
+        def probe():
+            _set_rng_state(start, devices)
+            return closure()
+
+        try:
+            self.sharpness_gradient(gradient, probe)
+        finally:
+            _set_rng_state(after, devices)
+        return loss.detach()
+
+    # -- saving ---------------------------------------------------------------------------------
+    def state_dict(self):
+        state = self.base_optimizer.state_dict()
+        state["xsam"] = dict(self.search_state)
+        return state
+
+    def load_state_dict(self, state_dict):
+        state_dict = dict(state_dict)
+        search = state_dict.pop("xsam", None)
+        self.base_optimizer.load_state_dict(state_dict)
+        self.param_groups = self.base_optimizer.param_groups
+        self.state = self.base_optimizer.state
+        if search is not None:
+            self.search_state = dict(search)
+
+
+def _rng_state(devices):
+    return torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in devices]
+
+
+def _set_rng_state(state, devices):
+    torch.set_rng_state(state[0])
+    for device, s in zip(devices, state[1]):
+        torch.cuda.set_rng_state(s, device)

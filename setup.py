@@ -1,0 +1,25 @@
+"""fairseq-xsam: eXplicit Sharpness-Aware Minimization (ICLR 2026) for fairseq and PyTorch.
+
+Install fairseq first (see scripts/install.sh): fairseq 0.12.2 from PyPI does not build on
+Python 3.11; fairseq-fixed 0.12.3.1 does, and must be built against the installed torch.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="fairseq-xsam",
+    version="0.1.0",
+    description="XSAM (eXplicit Sharpness-Aware Minimization) optimizer for fairseq and PyTorch",
+    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists(
+        "README.md") else "",
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["fairseq_xsam", "fairseq_xsam.*"]),
+    python_requires=">=3.9",
+    install_requires=["torch>=2.0"],
+    extras_require={
+        "fairseq": ["fairseq-fixed==0.12.3.1", "hydra-core==1.3.2", "omegaconf==2.3.0",
+                    "sacrebleu", "sentencepiece"],
+        "test": ["pytest"],
+    },
+    license="MIT",
+)
