@@ -64,10 +64,11 @@ VARIANTS = {
 
 
 def global_norm(tensors: Sequence[Tensor]) -> Tensor:
-    """‖x‖₂ of the concatenation of ``tensors``, accumulated in fp32, as a 0-dim tensor."""
+    """‖x‖₂ of the concatenation of ``tensors``, accumulated in (at least) fp32, as a 0-dim tensor."""
     if len(tensors) == 0:
         return torch.zeros(())
-    norms = torch._foreach_norm(list(tensors), 2, dtype=torch.float32)
+    dtype = torch.promote_types(tensors[0].dtype, torch.float32)
+    norms = torch._foreach_norm(list(tensors), 2, dtype=dtype)
     return torch.linalg.vector_norm(torch.stack(norms))
 
 
@@ -251,7 +252,8 @@ def _plane_descent(theta, grads, backup, grad_norm, alpha, search_grid, probe_rh
             torch._foreach_add_(theta, work, alpha=probe_rho * a_u)
             torch._foreach_add_(theta, grads, alpha=probe_rho * (a_u + a_v))
             moved()
-            losses.append(compute_loss().detach().float().reshape(()))
+            loss = compute_loss().detach().reshape(())
+            losses.append(loss.to(torch.promote_types(loss.dtype, torch.float32)))
         info.probe_losses = torch.stack(losses)
         best = pick_alpha(info.probe_losses, search_grid)
         info.searched = True
