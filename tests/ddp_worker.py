@@ -1,0 +1,45 @@
+"""One rank of the 2-process CPU test: records α and a parameter digest after every update."""
+
+import hashlib
+import json
+import os
+import runpy
+import sys
+
+import torch
+from fairseq.trainer import Trainer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.environ["XSAM_DDP_OUT"]
+records = {"alpha": [], "digest": [], "dummy": 0}
+train_step = Trainer.train_step
+
+
+def recording_train_step(self, samples, raise_oom=False):
+    glue = getattr(self, "_xsam_glue", None)
+    result = train_step(self, samples, raise_oom)
+    glue = getattr(self, "_xsam_glue", None)
+    flat = torch.cat([p.detach().reshape(-1) for p in self.model.parameters()])
+    records["digest"].append(hashlib.sha1(flat.numpy().tobytes()).hexdigest())
+    records["alpha"].append(glue.xsam.alpha)
+    with open(os.path.join(OUT, f"rank{os.environ['RANK']}.json"), "w") as f:
+        json.dump(records, f)
+    return result
+
+
+Trainer.train_step = recording_train_step
+
+import fairseq_xsam.fairseq.glue as glue_module  # noqa: E402
+
+record = glue_module.TrainerGlue._record
+
+
+def counting_record(self, sample, model, criterion, optimizer, update_num, ignore_grad=False,
+                    **kw):
+    records["dummy"] += int(bool(ignore_grad))
+    return record(self, sample, model, criterion, optimizer, update_num, ignore_grad, **kw)
+
+
+glue_module.TrainerGlue._record = counting_record
+sys.argv = [os.path.join(ROOT, "scripts", "ddp_cpu_launch.py")] + sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
