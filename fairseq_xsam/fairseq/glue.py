@@ -242,8 +242,9 @@ class TrainerGlue:
         total = None
         for m in self.micro:
             utils.set_rng_state(m.rng)
+            # the autocast of FairseqTask.train_step: CUDA only, on under --amp
             with torch.no_grad(), torch.autocast(
-                    device_type="cuda" if torch.cuda.is_available() else "cpu", enabled=amp):
+                    device_type="cuda", enabled=amp and torch.cuda.is_available()):
                 trainer.model.train()
                 loss, _, _ = trainer.criterion(trainer.model, m.sample)
             loss = loss.detach().float() * (0.0 if m.ignore_grad else 1.0)
