@@ -41,7 +41,7 @@ class XSAMAdamWConfig(FairseqAdamConfig):
         "help": "when to search alpha: 'epoch' (first update of every epoch; default for xsam), "
                 "'never' (default for the other variants), or N = every N updates"})
     adaptive: bool = field(default=False, metadata={
-        "help": "ASAM's adaptive ascent: scale it element-wise by |w| + --asam-eta"})
+        "help": "ASAM's adaptive ascent: scale it element-wise by abs(w) + --asam-eta"})
     asam_eta: float = field(default=0.01, metadata={"help": "eta of ASAM (>= 0)"})
 
 
