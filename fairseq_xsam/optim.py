@@ -29,7 +29,7 @@ from .settings import check
 
 logger = logging.getLogger(__name__)
 
-_HYPER = ("rho", "probe_rho", "ascent_steps", "variant", "alpha_max", "alpha_step",
+HYPERPARAMETERS = ("rho", "probe_rho", "ascent_steps", "variant", "alpha_max", "alpha_step",
           "search_every", "adaptive", "asam_eta")
 
 
@@ -79,6 +79,7 @@ class XSAM(torch.optim.Optimizer):
         # The search clock: α, committed steps, the epoch and the last epoch that searched.
         self.search_state = {"alpha": float(alpha), "step": 0, "epoch": 1, "searched_epoch": None}
         self._backup = None  # θ's copy during a step: scratch, never saved
+        self._backup_key = None
         self._prepared: Optional[core.UpdateInfo] = None
 
     # -- the search clock ----------------------------------------------------------------
@@ -105,12 +106,12 @@ class XSAM(torch.optim.Optimizer):
         """XSAM's settings (one ascent over all groups, so every group must agree)."""
         first = self.param_groups[0]
         for group in self.param_groups[1:]:
-            for key in _HYPER:
+            for key in HYPERPARAMETERS:
                 if group[key] != first[key]:
                     raise ValueError(f"Invalid param group: {key}={group[key]!r} differs from the "
                                      f"first group's {first[key]!r} (XSAM ascends over all "
                                      "parameters at once; allowed: the same value in every group)")
-        return {key: first[key] for key in _HYPER}
+        return {key: first[key] for key in HYPERPARAMETERS}
 
     # -- the update -------------------------------------------------------------------------
     def _params(self):
@@ -128,10 +129,10 @@ class XSAM(torch.optim.Optimizer):
         """
         h = self.hyper
         theta = self._params()
-        if self._backup is None or len(self._backup) != len(theta) or any(
-                b.shape != p.shape or b.dtype != p.dtype or b.device != p.device
-                for b, p in zip(self._backup, theta)):
+        key = tuple(map(id, theta))
+        if self._backup is None or self._backup_key != key:
             self._backup = [torch.empty_like(p) for p in theta]
+            self._backup_key = key
         search = self.search_due() if search is None else search
         if search and compute_loss is None:
             raise ValueError("an α search needs compute_loss")

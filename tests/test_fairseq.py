@@ -203,3 +203,16 @@ def test_other_optimizers_are_untouched(data):
     _, task, trainer = build_trainer(data, ["--optimizer", "adam"])
     _ = trainer.optimizer
     assert not hasattr(trainer, "_xsam_glue") and "clip_grad_norm" not in vars(trainer)
+
+
+def test_resume_takes_xsam_options_from_the_command_line(data):
+    _, task, trainer = build_trainer(data, ["--optimizer", "xsam_adamw", "--rho", "0.1",
+                                            "--sam-variant", "fixed", "--alpha", "0.3"])
+    trainer.train_step(batches(task, trainer, 8, 1))
+    saved = trainer.optimizer.state_dict()
+    _, _, other = build_trainer(data, ["--optimizer", "xsam_adamw", "--rho", "0.2",
+                                       "--sam-variant", "fixed", "--alpha", "0.7"])
+    other.optimizer.load_state_dict(saved)
+    xsam = other._xsam_glue.xsam
+    assert xsam.param_groups[0]["rho"] == 0.2 and xsam.alpha == 0.7
+    assert xsam.search_state["step"] == 1

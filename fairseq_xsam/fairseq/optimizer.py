@@ -16,7 +16,7 @@ from fairseq.optim.adam import Adam, FairseqAdam, FairseqAdamConfig
 from fairseq.optim.fused_adam import get_fused_adam_class
 
 from ..core import VARIANTS
-from ..optim import XSAM
+from ..optim import HYPERPARAMETERS as XSAM_KEYS, XSAM
 from ..settings import check
 
 
@@ -74,6 +74,14 @@ class XSAMAdamW(FairseqOptimizer):
             asam_eta=cfg.asam_eta, **self.optimizer_config)
 
     optimizer_config = FairseqAdam.optimizer_config
+
+    def load_state_dict(self, state_dict, optimizer_overrides=None):
+        """Like fairseq does for lr and betas, the command line wins over the checkpoint for
+        XSAM's options; α and the search clock come from the checkpoint (for 'xsam')."""
+        current = {key: self.optimizer.param_groups[0][key] for key in XSAM_KEYS}
+        super().load_state_dict(state_dict, {**(optimizer_overrides or {}), **current})
+        if not VARIANTS[self.cfg.sam_variant].searches:
+            self.optimizer.search_state["alpha"] = float(self.cfg.alpha)
 
     @property
     def supports_flat_params(self):
