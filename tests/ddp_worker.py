@@ -16,9 +16,8 @@ train_step = Trainer.train_step
 
 
 def recording_train_step(self, samples, raise_oom=False):
-    glue = getattr(self, "_xsam_glue", None)
     result = train_step(self, samples, raise_oom)
-    glue = getattr(self, "_xsam_glue", None)
+    glue = self._xsam_glue  # attached when the trainer built xsam_adamw
     flat = torch.cat([p.detach().reshape(-1) for p in self.model.parameters()])
     records["digest"].append(hashlib.sha1(flat.numpy().tobytes()).hexdigest())
     records["alpha"].append(glue.xsam.alpha)
