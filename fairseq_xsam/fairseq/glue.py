@@ -64,6 +64,10 @@ class Precision:
     def grads(self) -> List[torch.Tensor]:
         return [p.grad for p in self.inner.params if p.grad is not None]
 
+    def _scale_grads(self, factor) -> None:
+        grads = self.grads()  # one walk over the parameters per call
+        torch._foreach_mul_(grads, _on(factor, grads))
+
     def _amp_scale(self):
         scaler = self.wrapper.scaler
         scale = getattr(scaler, "_scale", None)  # a tensor: no host sync
@@ -77,7 +81,7 @@ class Precision:
         if self.mode == "fp16":
             self.wrapper._sync_fp16_grads_to_fp32()
             total = self.wrapper._multiply_factor * (1.0 if factor is None else factor)
-            torch._foreach_mul_(self.grads(), _on(total, self.grads()))
+            self._scale_grads(total)
             self.wrapper._multiply_factor = 1.0
             return
         total = 1.0 if factor is None else factor
@@ -86,14 +90,14 @@ class Precision:
             if scale is not None:
                 total = total / scale.float()
         if not (isinstance(total, float) and total == 1.0):
-            torch._foreach_mul_(self.grads(), _on(total, self.grads()))
+            self._scale_grads(total)
 
     def to_trainer_units(self) -> None:
         """Descent gradient (true units) → what the trainer's ``clip_grad_norm`` expects."""
         if self.mode == "amp":
             scale = self._amp_scale()
             if scale is not None:
-                torch._foreach_mul_(self.grads(), _on(scale.float(), self.grads()))
+                self._scale_grads(scale.float())
         # fp16: the fp32 master gradient is final (factor 1, nothing left to sync); fp32: as is
 
     def moved(self) -> None:
@@ -123,6 +127,7 @@ class TrainerGlue:
         self.trainer = trainer
         self.micro: List[MicroBatch] = []
         self.factor = None
+        self.precision = None
         cfg = trainer.cfg
         if cfg.optimization.use_bmuf:
             raise ValueError("--use-bmuf is not supported by --optimizer xsam_adamw "
@@ -203,7 +208,10 @@ class TrainerGlue:
 
     def sharpness(self) -> core.UpdateInfo:
         self.hook_optimizer()
-        self.precision = precision = Precision(self.trainer._optimizer, self.inner)
+        wrapper = self.trainer._optimizer
+        if getattr(self, "precision", None) is None or self.precision.wrapper is not wrapper:
+            self.precision = Precision(wrapper, self.inner)  # rebuilt only with the optimizer
+        precision = self.precision
         after_first_pass = utils.get_rng_state()
         precision.to_true_units()
         try:
