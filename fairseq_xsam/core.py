@@ -171,6 +171,7 @@ def sharpness_update(
     compute_grad: Callable[[], TensorList],
     compute_loss: Optional[Callable[[], Tensor]] = None,
     moved: Callable[[], None] = lambda: None,
+    skip_search: Callable[[Tensor], bool] = bool,
 ) -> UpdateInfo:
     """One XSAM-family update, from g_0 to the descent gradient.
 
@@ -181,7 +182,10 @@ def sharpness_update(
     ``compute_grad()`` evaluates ∇L at the current ``theta`` and returns the gradient list (it may
     be ``grads`` again); ``compute_loss()`` evaluates L at the current ``theta`` without gradients
     (the probes); ``moved()`` is called whenever ``theta`` changed, so a caller whose model reads a
-    copy of θ (fp16) can refresh it. A search runs iff ``search_grid`` is given.
+    copy of θ (fp16) can refresh it. A search runs iff ``search_grid`` is given, unless
+    ``skip_search(degenerate)`` says the plane is degenerate (α is then kept): callers whose
+    workers each build their own plane pass a function that agrees across workers, so that all
+    of them run the same probes (a degenerate worker probes along v).
     """
     spec = VARIANTS[variant]
     torch._foreach_copy_(backup, theta)
@@ -206,7 +210,7 @@ def sharpness_update(
         info = UpdateInfo(grad_norm=grad_norm)
         if spec.plane:
             _plane_descent(theta, grads, backup, grad_norm, alpha, search_grid, probe_rho,
-                           compute_loss, moved, info)
+                           compute_loss, moved, skip_search, info)
         elif spec.first is not None:
             acc, count = _accumulate(acc, count, grads, spec.normalise)
             scale = grad_norm / global_norm(acc).clamp_min(TINY)
@@ -231,7 +235,7 @@ def _accumulate(acc, count, grads, normalise):
 
 
 def _plane_descent(theta, grads, backup, grad_norm, alpha, search_grid, probe_rho,
-                   compute_loss, moved, info):
+                   compute_loss, moved, skip_search, info):
     searching = search_grid is not None
     if searching:
         # The probes move θ, so the displacement θ_k − θ needs its own buffer this time.
@@ -241,7 +245,7 @@ def _plane_descent(theta, grads, backup, grad_norm, alpha, search_grid, probe_rh
         work = theta
     phi, degenerate = plane_(work, grads, grad_norm)
     info.phi = phi
-    if searching and not bool(degenerate):
+    if searching and not skip_search(degenerate):
         # A search decides α on the host anyway: one transfer for all the grid's coefficients.
         c_u, c_v = interpolation_coefficients(
             torch.tensor(list(search_grid), dtype=phi.dtype, device=phi.device), phi, degenerate)

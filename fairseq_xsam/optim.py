@@ -119,11 +119,14 @@ class XSAM(torch.optim.Optimizer):
 
     def sharpness_gradient(self, compute_grad: Callable, compute_loss: Optional[Callable] = None,
                            moved: Callable[[], None] = lambda: None,
-                           search: Optional[bool] = None) -> core.UpdateInfo:
+                           search: Optional[bool] = None,
+                           skip_search: Callable[[torch.Tensor], bool] = bool) -> core.UpdateInfo:
         """Replaces the gradients g_0 (already in ``p.grad``) by the descent gradient.
 
         ``compute_grad()`` must leave ∇L at the current parameters in their ``.grad`` (zeroing them
-        first); ``compute_loss()`` returns L at the current parameters without gradients. The
+        first); ``compute_loss()`` returns L at the current parameters without gradients;
+        ``skip_search`` decides, from the plane's degeneracy, whether a due search is skipped
+        (see :func:`fairseq_xsam.core.sharpness_update`). The
         parameters are restored bit-exactly before this returns, also when a pass raises. The α a
         search finds is committed by the next :meth:`step`.
         """
@@ -151,7 +154,8 @@ class XSAM(torch.optim.Optimizer):
                 ascent_steps=h["ascent_steps"], variant=h["variant"], alpha=self.alpha,
                 search_grid=core.alpha_grid(h["alpha_max"], h["alpha_step"]) if search else None,
                 probe_rho=h["probe_rho"], adaptive=h["adaptive"], asam_eta=h["asam_eta"],
-                compute_grad=grads_of_theta, compute_loss=compute_loss, moved=moved)
+                compute_grad=grads_of_theta, compute_loss=compute_loss, moved=moved,
+                skip_search=skip_search)
         if info.searched and info.probe_losses is not None and not bool(
                 torch.isfinite(info.probe_losses).any()):
             logger.warning("XSAM: every probe loss is non-finite; keeping alpha=%s", self.alpha)

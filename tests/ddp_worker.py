@@ -1,4 +1,4 @@
-"""One rank of the 2-process CPU test: records α and a parameter digest after every update."""
+"""One rank of the 2-process CPU tests: records α and a parameter digest after every update."""
 
 import hashlib
 import json
@@ -40,5 +40,23 @@ def counting_record(self, sample, model, criterion, optimizer, update_num, ignor
 
 
 glue_module.TrainerGlue._record = counting_record
+sharpness = glue_module.TrainerGlue.sharpness
+
+
+def dumping_sharpness(self):
+    """XSAM_DDP_DUMP=N: save θ, this rank's micro-batches, the trainer's factor, α and the
+    gradient the glue hands back, at update N (a test recomputes the latter independently)."""
+    if self.trainer.get_num_updates() + 1 != int(os.environ.get("XSAM_DDP_DUMP", "0")):
+        return sharpness(self)
+    dump = {"theta": [p.detach().clone() for p in self.inner.params], "alpha": self.xsam.alpha,
+            "factor": float(self.factor), "samples": [m.sample for m in self.micro],
+            "ignore": [m.ignore_grad for m in self.micro]}
+    info = sharpness(self)
+    dump["grad"] = [p.grad.detach().clone() for p in self.inner.params]
+    torch.save(dump, os.path.join(OUT, f"dump{os.environ['RANK']}.pt"))
+    return info
+
+
+glue_module.TrainerGlue.sharpness = dumping_sharpness
 sys.argv = [os.path.join(ROOT, "scripts", "ddp_cpu_launch.py")] + sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")

@@ -18,6 +18,12 @@ Precision is handled here, once, by :class:`Precision`: the math runs in fp32 on
 the inner optimizer owns (the model's parameters in fp32 and ``--amp``; the fp32 master copy in
 ``--fp16``, whose fp16 model weights are refreshed after every move).
 
+Data parallel: by default every extra pass is all-reduced like the trainer's, so all workers
+ascend along the global gradient. With ``--sam-local-ascent`` the trainer's pass and the ascent
+passes stay local (``no_sync``, no all-reduce): each worker builds its own (u, v) plane from its
+shard, the probe losses are still summed over workers (one α everywhere), and the workers'
+descent gradients are averaged once, before clipping.
+
 Random state: every pass of an update replays the random state its micro-batch had in the
 trainer's pass, so all passes (gradients and probes) see the same dropout masks: L is one
 function of θ and α is not picked by dropout noise. Afterwards the random state is put back to
@@ -158,14 +164,25 @@ class TrainerGlue:
         wrapper = self.trainer._optimizer
         if getattr(wrapper, "_xsam_factor_hooked", False):
             return
-        multiply = wrapper.multiply_grads
+        multiply, reduce = wrapper.multiply_grads, wrapper.all_reduce_grads
 
         def multiply_grads(c):
             self.factor = c
             return multiply(c)
 
+        def all_reduce_grads(module):
+            if not self.local:  # --sam-local-ascent: reduced once, after the XSAM passes
+                return reduce(module)
+
         wrapper.multiply_grads = multiply_grads
+        wrapper.all_reduce_grads = all_reduce_grads
         wrapper._xsam_factor_hooked = True
+
+    @property
+    def local(self) -> bool:
+        """Per-worker ascent: --sam-local-ascent with more than one data-parallel worker."""
+        return (self.trainer.data_parallel_world_size > 1
+                and bool(getattr(self.inner.cfg, "sam_local_ascent", False)))
 
     def _start_update(self):
         self.micro, self.factor = [], None
@@ -175,8 +192,9 @@ class TrainerGlue:
                 **kwargs):
         self.micro.append(MicroBatch(sample, bool(ignore_grad), update_num,
                                      utils.get_rng_state(), kwargs))
-        return self._train_step(sample, model, criterion, optimizer, update_num,
-                                ignore_grad=ignore_grad, **kwargs)
+        with self._no_sync(final=True):  # a no-op unless local ascent: g_0 stays this worker's
+            return self._train_step(sample, model, criterion, optimizer, update_num,
+                                    ignore_grad=ignore_grad, **kwargs)
 
     def _begin_epoch(self, epoch, model):
         self.xsam.begin_epoch(epoch)
@@ -215,19 +233,41 @@ class TrainerGlue:
         after_first_pass = utils.get_rng_state()
         precision.to_true_units()
         try:
-            info = self.xsam.sharpness_gradient(self._gradient, self._loss, precision.moved)
+            info = self.xsam.sharpness_gradient(
+                self._gradient, self._loss, precision.moved,
+                skip_search=self._degenerate_everywhere if self.local else bool)
         finally:
             utils.set_rng_state(after_first_pass)
+        if self.local:
+            self._average_grads()
         precision.to_trainer_units()
         self._log(info)
         return info
 
-    def _no_sync(self, i: int):
+    def _no_sync(self, final: bool):
+        """The trainer's pattern: no gradient sync except in the final micro-batch's backward
+        (``final``); under local ascent, never."""
         model = self.trainer.model
-        if (self.trainer.data_parallel_world_size > 1 and hasattr(model, "no_sync")
-                and i < len(self.micro) - 1):
+        if self.trainer.data_parallel_world_size > 1 and hasattr(model, "no_sync") and (
+                not final or self.local):
             return model.no_sync()
         return contextlib.ExitStack()
+
+    def _degenerate_everywhere(self, degenerate: torch.Tensor) -> bool:
+        """Local ascent, search update: skip the probes only if every worker's plane is
+        degenerate (a worker with a zero gradient, e.g. only dummy batches, still probes)."""
+        count = distributed_utils.all_reduce(degenerate.float().reshape(1),
+                                             group=self.trainer.data_parallel_process_group)
+        return bool(count.item() == self.trainer.data_parallel_world_size)
+
+    def _average_grads(self) -> None:
+        """Local ascent: the workers' descent gradients (fp32, true units) → their mean."""
+        grads = self.precision.grads()
+        flat = torch.cat([g.reshape(-1) for g in grads])  # one message, like legacy_ddp
+        flat.div_(self.trainer.data_parallel_world_size)
+        distributed_utils.all_reduce(flat, group=self.trainer.data_parallel_process_group)
+        pieces = flat.split([g.numel() for g in grads])
+        torch._foreach_copy_(grads, [p.view_as(g) for p, g in zip(pieces, grads)])
 
     def _gradient(self):
         """∇L at the current parameters, made exactly like the trainer's pass."""
@@ -235,7 +275,7 @@ class TrainerGlue:
         wrapper.zero_grad()
         for i, m in enumerate(self.micro):
             utils.set_rng_state(m.rng)
-            with self._no_sync(i):
+            with self._no_sync(final=i == len(self.micro) - 1):
                 self._train_step(m.sample, trainer.model, trainer.criterion, wrapper,
                                  m.update_num, ignore_grad=m.ignore_grad, **m.kwargs)
         wrapper.all_reduce_grads(trainer.model)

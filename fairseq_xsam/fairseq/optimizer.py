@@ -43,6 +43,11 @@ class XSAMAdamWConfig(FairseqAdamConfig):
     adaptive: bool = field(default=False, metadata={
         "help": "ASAM's adaptive ascent: scale it element-wise by abs(w) + --asam-eta"})
     asam_eta: float = field(default=0.01, metadata={"help": "eta of ASAM (>= 0)"})
+    sam_local_ascent: bool = field(default=False, metadata={
+        "help": "data parallel: each worker ascends along its own gradient (no all-reduce in the "
+                "ascent passes) and the workers' descent gradients are averaged once; probe losses "
+                "are still summed over workers, so all pick the same alpha. Default: every pass "
+                "is all-reduced, as the trainer's pass"})
 
 
 @register_optimizer("xsam_adamw", dataclass=XSAMAdamWConfig)
