@@ -1,6 +1,7 @@
 """The real command line: ``fairseq-train --user-dir fairseq_xsam --optimizer xsam_adamw``."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -102,3 +103,29 @@ def test_bad_options_fail_at_start_with_one_line(data, tmp_path, args, message):
     last = [line for line in out.stderr.splitlines() if line.strip()][-1]
     assert message in last, last
     assert not os.path.exists(tmp_path / "bad" / "checkpoint_last.pt")
+
+
+def test_adam_checkpoint_fine_tunes_with_xsam_adamw(data, tmp_path):
+    save = str(tmp_path / "ft")
+    first = train(data, save, "--max-epoch", "1", "--optimizer", "adam")  # the later flag wins
+    assert "XSAMAdamW" not in first.stdout + first.stderr
+    adam_losses = [float(x) for x in
+                   re.findall(r"train_inner.*? loss=([\d.]+)", first.stdout + first.stderr)]
+    # without --reset-optimizer: fairseq's own one-line message, nothing written
+    before = open(os.path.join(save, "checkpoint_last.pt"), "rb").read()
+    refused = train(data, save, "--max-epoch", "2", check=False)
+    assert refused.returncode != 0
+    last = [line for line in refused.stderr.splitlines() if line.strip()][-1]
+    assert "--reset-optimizer" in last and "FairseqAdam vs XSAMAdamW" in last, last
+    assert open(os.path.join(save, "checkpoint_last.pt"), "rb").read() == before
+    # with it: the weights carry over; the optimizer, its update count (fairseq resets it with
+    # the optimizer) and XSAM start fresh: the epoch search runs at the first update
+    tuned = train(data, save, "--max-epoch", "2", "--reset-optimizer")
+    log = tuned.stdout + tuned.stderr
+    assert "Loaded checkpoint" in log and searches(log) == [1]
+    xsam_losses = [float(x) for x in re.findall(r"train_inner.*? loss=([\d.]+)", log)]
+    assert len(adam_losses) == len(xsam_losses) == 4
+    assert xsam_losses[0] < adam_losses[0] - 0.1  # continues from the trained weights
+    state = load(os.path.join(save, "checkpoint_last.pt"))
+    assert state["optimizer_history"][-1]["optimizer_name"] == "XSAMAdamW"
+    assert state["last_optimizer_state"]["xsam"]["step"] == 4  # XSAM's own updates

@@ -1,4 +1,4 @@
-"""Faults injected into XSAM's extra passes inside fairseq's trainer (CPU, fp32)."""
+"""Faults injected into XSAM's extra passes inside fairseq's trainer (CPU: fp32 and fp16)."""
 
 import math
 
@@ -13,8 +13,9 @@ def data(tmp_path_factory):
     return make_corpus(str(tmp_path_factory.mktemp("faults")))
 
 
-def poison(criterion, bad_calls, probes_only=False):
-    """Makes the criterion's loss NaN on the chosen calls (1 = the trainer's own pass)."""
+def poison(criterion, bad_calls, probes_only=False, value=float("nan")):
+    """Makes the criterion's loss NaN (or ``value``) on the chosen calls (1 = the trainer's own
+    pass)."""
     forward = criterion.forward
     calls = [0]
 
@@ -22,7 +23,7 @@ def poison(criterion, bad_calls, probes_only=False):
         loss, size, log = forward(model, sample, *a, **k)
         calls[0] += 1
         if calls[0] in bad_calls and (not probes_only or not torch.is_grad_enabled()):
-            loss = loss * float("nan")
+            loss = loss * value
         return loss, size, log
 
     criterion.forward = wrapped
@@ -72,3 +73,67 @@ def test_non_finite_probes_are_excluded_from_the_alpha_choice(data):
     assert info.alpha == [round(0.1 * i, 12) for i in range(11)][int(torch.argmax(losses[:11]))]
     assert glue.xsam.alpha == info.alpha and math.isfinite(out["loss"])
     assert torch.isfinite(flat_params(trainer.model)).all()
+
+
+FP16 = ["--fp16", "--fp16-no-flatten-grads", "--fp16-init-scale", "64"]
+
+
+def fp16_state(trainer):
+    masters = trainer.optimizer.fp32_optimizer.params
+    return (flat_params(trainer.model),
+            torch.cat([m.detach().reshape(-1).clone() for m in masters]),
+            trainer.optimizer.scaler.loss_scale, trainer.get_num_updates())
+
+
+def overflow_at_second_update(data, optimizer, bad_call, monkeypatch):
+    """Two updates under --fp16; the criterion returns inf on ``bad_call`` of the second."""
+    # fairseq's overflow branch builds its zero grad norm with .cuda(); on CPU keep it here
+    monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *a, **k: self)
+    _, task, trainer = build_trainer(data, ["--optimizer", optimizer, *FP16, *(
+        ["--alpha-search", "1"] if optimizer == "xsam_adamw" else [])])
+    samples = batches(task, trainer, 8, 3)
+    trainer.train_step([samples[0]])
+    before = fp16_state(trainer)
+    clock = dict(trainer._xsam_glue.xsam.search_state) if optimizer == "xsam_adamw" else None
+    calls = poison(trainer.criterion, {bad_call}, value=float("inf"))
+    trainer.train_step([samples[1]])
+    assert calls[0] >= bad_call  # the poisoned pass ran
+    return trainer, samples, before, clock, fp16_state(trainer)
+
+
+def test_fp16_overflow_in_an_extra_pass_is_skipped_like_adamw(data, monkeypatch):
+    # reference: stock fairseq Adam whose own pass overflows
+    _, _, adam_before, _, adam_after = overflow_at_second_update(data, "adam", 1, monkeypatch)
+    assert adam_after[2] == adam_before[2] / 2 and adam_after[3] == adam_before[3]
+    assert torch.equal(adam_after[0], adam_before[0])
+    # XSAM: the trainer's pass is fine, the replayed pass at the ascent point overflows
+    trainer, samples, before, clock, after = overflow_at_second_update(
+        data, "xsam_adamw", 2, monkeypatch)
+    assert after[2] == before[2] / 2  # loss scale lowered, as fairseq does
+    assert after[3] == before[3]  # no update counted
+    assert torch.equal(after[0], before[0]) and torch.equal(after[1], before[1])  # bit-exact
+    xsam = trainer._xsam_glue.xsam
+    assert xsam.search_state == clock  # α and the search clock untouched
+    # ... and training goes on: the next update is finite and commits its search
+    trainer.criterion.forward = type(trainer.criterion).forward.__get__(trainer.criterion)
+    trainer.train_step([samples[2]])
+    final = fp16_state(trainer)
+    assert final[3] == before[3] + 1 and torch.isfinite(final[1]).all()
+    assert not torch.equal(final[1], before[1])
+    assert xsam.search_state["step"] == clock["step"] + 1
+
+
+def test_inf_probe_under_fp16_is_excluded(data, monkeypatch):
+    monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *a, **k: self)
+    _, task, trainer = build_trainer(data, ["--optimizer", "xsam_adamw", "--alpha-search", "1",
+                                            *FP16])
+    samples = batches(task, trainer, 8, 1)
+    _ = trainer.optimizer
+    # calls: 1 trainer pass, 2 the ascent-point pass, 3.. the 21 probes (α = 0, 0.1, …, 2)
+    poison(trainer.criterion, set(range(3 + 15, 3 + 21)), probes_only=True,
+           value=float("inf"))  # α = 1.5 … 2.0 overflow
+    before = fp16_state(trainer)
+    trainer.train_step(samples)
+    after = fp16_state(trainer)
+    assert after[3] == 1 and after[2] == before[2]  # a normal update, scale kept
+    assert 0.0 <= trainer._xsam_glue.xsam.alpha <= 1.4 + 1e-9
