@@ -137,3 +137,17 @@ def test_inf_probe_under_fp16_is_excluded(data, monkeypatch):
     after = fp16_state(trainer)
     assert after[3] == 1 and after[2] == before[2]  # a normal update, scale kept
     assert 0.0 <= trainer._xsam_glue.xsam.alpha <= 1.4 + 1e-9
+
+
+def test_all_probes_non_finite_keeps_alpha_and_warns(data, caplog):
+    _, task, trainer = build_trainer(data, ["--optimizer", "xsam_adamw", "--alpha-search", "1",
+                                            "--alpha", "0.7"])
+    samples = batches(task, trainer, 8, 1)
+    _ = trainer.optimizer
+    poison(trainer.criterion, set(range(3, 3 + 21)), probes_only=True)  # every probe is NaN
+    with caplog.at_level("WARNING"):
+        out = trainer.train_step(samples)
+    assert trainer._xsam_glue.xsam.alpha == 0.7 and math.isfinite(out["loss"])
+    assert trainer.get_num_updates() == 1 and torch.isfinite(flat_params(trainer.model)).all()
+    assert any("every probe loss is non-finite; keeping alpha=0.7" in r.getMessage()
+               for r in caplog.records)
