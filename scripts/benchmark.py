@@ -52,6 +52,11 @@ def parse_args(argv=None):
                    help="updates per epoch for the amortised XSAM/SAM ratio (default 1101: "
                         "IWSLT14 De-En at --max-tokens 4096)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="after timing, profile N updates of SAM and of XSAM with torch.profiler "
+                        "and print the top operators (0: off)")
+    p.add_argument("--profile-trace", default=None,
+                   help="folder for the profiler's Chrome traces (sam.json, xsam.json)")
     return p.parse_args(argv)
 
 
@@ -166,7 +171,28 @@ def main(argv=None) -> int:
     math_s = optimizer_math_time(trainers["xsam"], args.device)
     print(f"\nXSAM vector math alone (no passes): {1000 * math_s:.2f} ms = "
           f"{math_s / med['adamw']:.1%} of an AdamW update")
+    if args.profile:
+        for name in ("sam", "xsam"):
+            profile(name, trainers[name], batches, args)
     return 0
+
+
+def profile(name, trainer, batches, args) -> None:
+    """torch.profiler over ``args.profile`` plain (non-search) updates: where the time goes."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda"
+                                           else [])
+    with torch_profile(activities=activities) as prof:
+        for i in range(args.profile):
+            trainer.train_step([batches[i % len(batches)]])
+        sync(args.device)
+    key = "self_cuda_time_total" if args.device == "cuda" else "self_cpu_time_total"
+    print(f"\n[profile] {name}: {args.profile} updates, top operators by {key}")
+    print(prof.key_averages().table(sort_by=key, row_limit=15))
+    if args.profile_trace:
+        os.makedirs(args.profile_trace, exist_ok=True)
+        prof.export_chrome_trace(os.path.join(args.profile_trace, f"{name}.json"))
 
 
 if __name__ == "__main__":

@@ -14,3 +14,22 @@ def test_toy2d_writes_the_trajectory_figure(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     assert out.stat().st_size > 10_000
     assert all(f"{name}: ends at" in run.stdout for name in ("SGD", "SAM", "XSAM"))
+
+
+def test_precision_check_compares_fp16_and_amp_with_fp32(tmp_path):
+    out = tmp_path / "precision.md"
+    run = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "precision_check.py"),
+                          "--device", "cpu", "--updates", "2", "--out", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = [line.split(" | ") for line in out.read_text().splitlines()
+            if line.startswith("| fp16 | ") or line.startswith("| amp | ")]
+    per_update = [r for r in rows if r[1] in ("1", "2")]
+    assert len(per_update) == 4
+    for r in per_update:
+        alpha, alpha32 = r[3].split(" (")
+        assert alpha == alpha32.rstrip(")")  # the same α* as fp32
+        if r[0] == "| amp":  # CPU: fairseq's autocast is CUDA-only, so amp is fp32 exactly
+            assert float(r[4]) == 0.0 and float(r[6].rstrip(" |")) == 0.0
+        else:  # fp16 arithmetic in the passes, fp32 vector math
+            assert 0.0 < float(r[4]) < 1e-2 and 0.0 < float(r[6].rstrip(" |")) < 5e-2
