@@ -208,17 +208,21 @@ def plots(groups: Dict[str, List[dict]], summary: Dict[str, dict], out: Path,
     return written
 
 
-def report(runs: List[dict], out: Path, title: str, note: Optional[str]) -> str:
+SCORING = ("Tokenized BLEU is fairseq-generate's `BLEU4` (beam 5, `--remove-bpe`, the whole "
+           "test set), the number fairseq and the paper report; sacreBLEU scores the "
+           "Moses-detokenized output (signature below).")
+
+
+def report(runs: List[dict], out: Path, title: str, note: Optional[str],
+           scoring: str = SCORING) -> str:
     groups = group(runs)
     summary = summarise(groups)
     images = plots(groups, summary, out, title)
     lines = [f"# {title}", ""]
     if note:
         lines += [f"> {note}", ""]
-    lines += ["Tokenized BLEU is fairseq-generate's `BLEU4` (beam 5, `--remove-bpe`, the whole "
-              "test set), the number fairseq and the paper report; sacreBLEU scores the "
-              "Moses-detokenized output (signature below). Mean ± sample standard deviation "
-              "over seeds (n runs); Δ = difference of the means.", "",
+    lines += [scoring + " Mean ± sample standard deviation over seeds (n runs); Δ = difference "
+              "of the means.", "",
               "| optimizer | n | tokenized BLEU | Δ adamw | Δ sam | sacreBLEU | Δ adamw | Δ sam "
               "| updates |", "|---|---|---|---|---|---|---|---|---|"]
     for lab, row in summary.items():

@@ -11,7 +11,11 @@ Steps (outputs under ``work/demo/`` unless ``--out``):
    (rho 0.15, probe-rho 0.45, alpha searched at the first update of every epoch; label "xsam");
 5. ``fairseq-generate`` on test_2016_flickr with the last checkpoint (beam 5, at most
    1.2 x source + 10 tokens), sacreBLEU against the raw, cased references;
-6. ``report.md`` (table, alpha searches, the exact commands) and ``valid_loss.png``.
+6. the comparison report of ``scripts/compare_bleu.py``: ``report.md`` (BLEU table, alpha
+   searches, the exact commands, this run's timings), ``valid_loss.png``, ``bleu.png`` and
+   ``alpha.png``. Each run is kept as ``runs/<label>-seed1/`` ({command.txt, train.log,
+   checkpoints/, eval/{generate-test.txt, hyp.en, bleu.json}}), the layout of the IWSLT14
+   recipes, so ``compare_bleu.py`` can also combine demo runs of several seeds.
 
 ``--quick`` runs a tiny configuration (2,000 training pairs, one epoch, a tiny model) that
 checks the whole pipeline in about a minute; its BLEU means nothing.
@@ -19,6 +23,7 @@ checks the whole pipeline in about a minute; its BLEU means nothing.
 
 import argparse
 import gzip
+import json
 import os
 import platform
 import re
@@ -31,6 +36,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+import compare_bleu  # noqa: E402  (scripts/compare_bleu.py: the report and its plots)
 DATA = ROOT / "data" / "multi30k"
 SPLITS = {"train": "train", "valid": "val", "test": "test_2016_flickr"}  # ours: Multi30k's
 SRC, TGT = "de", "en"
@@ -146,19 +153,6 @@ def sentencepiece(raw, spm_dir, vocab, threads):
            "model_type=bpe, character_coverage=1.0)"
 
 
-def parse_log(text):
-    """Validation loss per epoch, the last train summary and XSAM's alpha searches."""
-    valid = {}
-    for m in re.finditer(r"\| valid \| epoch (\d+) \| valid on 'valid' subset \| (.*)", text):
-        fields = dict(kv.split(" ", 1) for kv in m.group(2).split(" | ") if " " in kv)
-        valid[int(m.group(1))] = {k: float(v) for k, v in fields.items()
-                                  if re.fullmatch(r"-?[\d.]+(e-?\d+)?", v)}
-    alphas = [(int(u), float(a)) for u, a in
-              re.findall(r"XSAM alpha search at update (\d+): alpha=([\d.]+)", text)]
-    updates = max((int(v) for v in re.findall(r"num_updates (\d+)", text)), default=0)
-    return valid, alphas, updates
-
-
 def generate(run, bin_dir, ckpt, out_txt, refs, cfg_max_tokens):
     text, secs = run("generate", fairseq_cmd("generate") + [
         bin_dir, "--user-dir", ROOT / "fairseq_xsam", "--path", ckpt, "--gen-subset", "test",
@@ -174,72 +168,30 @@ def generate(run, bin_dir, ckpt, out_txt, refs, cfg_max_tokens):
     tail = [l for l in text.splitlines() if "Translated" in l or "Generate test" in l]
     for l in tail:
         print(l, flush=True)
-    return [hyps[i] for i in range(len(refs))], secs
+    bleu4 = re.search(r"BLEU4 = ([\d.]+)", text)
+    if bleu4 is None:
+        raise SystemExit(f"[demo] {out_txt}: fairseq-generate printed no BLEU4 line")
+    return [hyps[i] for i in range(len(refs))], float(bleu4.group(1)), secs
 
 
-def plot(results, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+def details(args, cfg, results, total):
+    """The demo's own section of report.md: configuration, machine and timings."""
+    lines = ["", "## This demo run", "",
+             f"Configuration: {'quick' if args.quick else 'default'}, {cfg['epochs']} epoch(s), "
+             f"{args.threads} torch thread(s), train pairs: {cfg['train_lines'] or 29000}, "
+             f"SentencePiece joint BPE vocabulary {cfg['vocab']}. Test set: Multi30k "
+             "test_2016_flickr (1,000 sentences), beam 5; the last checkpoint of each run (the "
+             "same number of updates for both).",
+             f"Machine: {os.cpu_count()} CPU core(s), {platform.processor() or platform.machine()};"
+             " CPU time is user + system time of the command, all threads (about "
+             f"{args.threads}x wall-clock on an idle machine); other load inflates both.", "",
+             "| optimizer | wall-clock (train) | CPU time (train) | wall-clock (generate) |",
+             "|---|---|---|---|"]
     for label, r in results.items():
-        epochs = sorted(r["valid"])
-        ax.plot(epochs, [r["valid"][e]["loss"] for e in epochs], marker="o", label=label)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation loss (label-smoothed, base 2)")
-    ax.set_title("Multi30k de-en, validation set (val, 1,014 pairs)")
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def report(path, args, cfg, results, signature, commands, total):
-    lines = [
-        "# CPU demo: AdamW vs XSAM-AdamW on Multi30k de-en",
-        "",
-        f"Configuration: {'quick' if args.quick else 'default'}, {cfg['epochs']} epoch(s), "
-        f"{args.threads} torch thread(s), train pairs: {cfg['train_lines'] or 29000}, "
-        f"SentencePiece joint BPE vocabulary {cfg['vocab']}.",
-        f"Machine: {os.cpu_count()} CPU core(s), {platform.processor() or platform.machine()}; "
-        "CPU time is user + system time of the command, all threads (about "
-        f"{args.threads}x wall-clock on an idle machine); other load on the machine inflates "
-        "both.",
-        "Test set: Multi30k test_2016_flickr (1,000 sentences), beam 5, sacreBLEU on the raw, "
-        "cased references.",
-        "",
-        "| optimizer | BLEU | valid loss | valid nll_loss | wall-clock (train) | "
-        "CPU time (train) | wall-clock (generate) | updates |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for label, r in results.items():
-        last = r["valid"][max(r["valid"])] if r["valid"] else {}
-        lines.append(f"| {label} | {r['bleu']:.2f} | {last.get('loss', float('nan')):.3f} | "
-                     f"{last.get('nll_loss', float('nan')):.3f} | {r['train_s']:.0f} s | "
-                     f"{r['train_cpu']:.0f} s | {r['gen_s']:.0f} s | {r['updates']} |")
-    lines += ["", f"sacreBLEU signature: `{signature}`", "",
-              "Valid loss is fairseq's label-smoothed cross-entropy (base 2) on val after the "
-              "last epoch; the checkpoint scored is the last one (same number of updates for "
-              "both).", "", "Validation loss per epoch (`valid_loss.png`):", "",
-              "| epoch | " + " | ".join(results) + " |",
-              "|---|" + "---|" * len(results)]
-    epochs = sorted({e for r in results.values() for e in r["valid"]})
-    for e in epochs:
-        cells = [f"{r['valid'][e]['loss']:.3f}" if e in r["valid"] else "" for r in
-                 results.values()]
-        lines.append(f"| {e} | " + " | ".join(cells) + " |")
-    alphas = results.get("xsam", {}).get("alphas", [])
-    if alphas:
-        lines += ["", "XSAM alpha searches (update: alpha): " +
-                  ", ".join(f"{u}: {a:.2f}" for u, a in alphas)]
-    lines += ["", f"Total demo wall-clock: {total:.0f} s.", "",
-              "## Commands run", "", "```"]
-    lines += [c for _, c in commands]
-    lines += ["```", ""]
-    Path(path).write_text("\n".join(lines))
+        lines.append(f"| {label} | {r['train_s']:.0f} s | {r['train_cpu']:.0f} s | "
+                     f"{r['gen_s']:.0f} s |")
+    lines += ["", f"Total demo wall-clock: {total:.0f} s.", ""]
+    return "\n".join(lines)
 
 
 def main():
@@ -260,7 +212,7 @@ def main():
     out = (args.out or ROOT / "work" / ("demo-quick" if args.quick else "demo")).resolve()
     out.mkdir(parents=True, exist_ok=True)
     raw, spm_dir, bin_dir = out / "raw", out / "spm", out / "data-bin"
-    for d in [raw, spm_dir, bin_dir] + [out / label for label in LABELS]:
+    for d in [raw, spm_dir, bin_dir, out / "runs"]:
         if d.exists():
             shutil.rmtree(d)  # a fresh start: fairseq would resume from an old checkpoint
     run = Runner(args.threads)
@@ -278,9 +230,11 @@ def main():
     refs = (raw / f"test.{TGT}").read_text(encoding="utf-8").splitlines()
     from sacrebleu.metrics import BLEU
 
-    results, signature = {}, ""
+    results, runs = {}, []
     for label, optimizer in LABELS.items():
-        save = out / label
+        run_dir = out / "runs" / f"{label}-seed1"  # the layout of recipes/ and compare_bleu.py
+        (run_dir / "eval").mkdir(parents=True)
+        save = run_dir / "checkpoints"
         cmd = fairseq_cmd("train") + [
             bin_dir, "--user-dir", ROOT / "fairseq_xsam", "--task", "translation",
             "--source-lang", SRC, "--target-lang", TGT, "--cpu", "--seed", "1",
@@ -293,34 +247,43 @@ def main():
             "--max-tokens", cfg["max_tokens"], "--max-epoch", str(cfg["epochs"]),
             "--save-dir", save, "--no-epoch-checkpoints", "--num-workers", "0",
             "--log-format", "simple", "--log-interval", cfg["log_interval"]]
+        (run_dir / "command.txt").write_text(shlex.join(map(str, cmd)) + "\n")
         log(f"training {label} (--optimizer {optimizer}), {cfg['epochs']} epoch(s)")
-        text, train_s = run(f"train {label}", cmd, log_path=out / f"train.{label}.log")
+        text, train_s = run(f"train {label}", cmd, log_path=run_dir / "train.log")
         train_cpu = run.last_cpu
-        valid, alphas, updates = parse_log(text)
+        updates = compare_bleu.parse_train_log(text)["updates"]
         log(f"{label}: {updates} updates in {train_s:.0f} s ({train_cpu:.0f} CPU s)")
-        hyps, gen_s = generate(run, bin_dir, save / "checkpoint_last.pt",
-                               out / f"generate.{label}.txt", refs, cfg["max_tokens"])
-        (out / f"hyp.{label}.{TGT}").write_text("\n".join(hyps) + "\n", encoding="utf-8")
+        hyp_path = run_dir / "eval" / f"hyp.{TGT}"
+        hyps, bleu4, gen_s = generate(run, bin_dir, save / "checkpoint_last.pt",
+                                      run_dir / "eval" / "generate-test.txt", refs,
+                                      cfg["max_tokens"])
+        hyp_path.write_text("\n".join(hyps) + "\n", encoding="utf-8")
         bleu = BLEU()
         score = bleu.corpus_score(hyps, [refs])
-        signature = str(bleu.get_signature())
+        score_cmd = f"sacrebleu {raw / f'test.{TGT}'} -i {hyp_path}"
+        (run_dir / "eval" / "bleu.json").write_text(json.dumps(dict(
+            tokenized_bleu=bleu4, sacrebleu=round(score.score, 2),
+            sacrebleu_signature=str(bleu.get_signature()), hypotheses=len(hyps),
+            references=len(refs), checkpoint=str(save / "checkpoint_last.pt"),
+            command=run.commands[-1][1] + "\n" + score_cmd), indent=1) + "\n")
         log(f"{label}: {score}  ({len(hyps)} hypotheses, generate {gen_s:.0f} s)")
-        results[label] = dict(bleu=score.score, valid=valid, alphas=alphas, updates=updates,
-                              train_s=train_s, train_cpu=train_cpu, gen_s=gen_s)
-        run.commands.append((f"score {label}",
-                             f"sacrebleu {raw / f'test.{TGT}'} -i {out / f'hyp.{label}.{TGT}'}"))
+        results[label] = dict(bleu=score.score, bleu4=bleu4, updates=updates, train_s=train_s,
+                              train_cpu=train_cpu, gen_s=gen_s)
+        runs.append(compare_bleu.load_run(run_dir, allow_missing=False))
 
-    plot(results, out / "valid_loss.png")
+    compare_bleu.report(
+        runs, out, "CPU demo: AdamW vs XSAM-AdamW on Multi30k de-en", None,
+        scoring="sacreBLEU scores the detokenized (SentencePiece-decoded) output against the "
+                "raw, cased Multi30k references (signature below); tokenized BLEU is "
+                "fairseq-generate's `BLEU4` on the same output (beam 5, whole test set).")
     total = time.time() - t0
-    report(out / "report.md", args, cfg, results, signature, run.commands, total)
-    log(f"sacreBLEU signature: {signature}")
+    with open(out / "report.md", "a", encoding="utf-8") as f:
+        f.write(details(args, cfg, results, total))
     for label, r in results.items():
-        last = r["valid"][max(r["valid"])]["loss"] if r["valid"] else float("nan")
-        log(f"{label:6s} BLEU {r['bleu']:6.2f}  valid loss {last:.3f}  "
+        log(f"{label:6s} sacreBLEU {r['bleu']:6.2f}  fairseq BLEU4 {r['bleu4']:6.2f}  "
             f"train {r['train_s']:.0f} s ({r['train_cpu']:.0f} CPU s)  updates {r['updates']}")
-    log(f"report: {out / 'report.md'}, plot: {out / 'valid_loss.png'}")
+    log(f"report: {out / 'report.md'}, plots: {', '.join(p.name for p in out.glob('*.png'))}")
     log(f"total wall-clock: {total:.0f} s")
-
 
 if __name__ == "__main__":
     main()
