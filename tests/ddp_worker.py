@@ -28,6 +28,22 @@ def recording_train_step(self, samples, raise_oom=False):
 
 Trainer.train_step = recording_train_step
 
+# --ddp-backend c10d on CPU: fairseq passes device_ids=[device_id] to torch's DDP, which only CUDA
+# modules accept; torch wants None for a CPU module (the only CPU stand-in in these tests)
+import fairseq.models.distributed_fairseq_model as distributed_model  # noqa: E402
+
+TorchDDP = distributed_model.DistributedDataParallel
+
+
+class CPUDistributedDataParallel(TorchDDP):
+    def __init__(self, module, device_ids=None, output_device=None, **kwargs):
+        cuda = next(module.parameters()).is_cuda
+        super().__init__(module, device_ids=device_ids if cuda else None,
+                         output_device=output_device if cuda else None, **kwargs)
+
+
+distributed_model.DistributedDataParallel = CPUDistributedDataParallel
+
 import fairseq_xsam.fairseq.glue as glue_module  # noqa: E402
 
 record = glue_module.TrainerGlue._record

@@ -1,6 +1,7 @@
-"""Two CPU processes (torchrun + gloo + legacy_ddp): every rank picks the same α and the
-parameters stay identical, across several searches and fairseq's dummy batches; with
---sam-local-ascent each worker ascends on its own shard and the descent gradients are averaged."""
+"""Two CPU processes (torchrun + gloo; --ddp-backend legacy_ddp and c10d): every rank picks the
+same α and the parameters stay identical, across several searches and fairseq's dummy batches;
+with --sam-local-ascent each worker ascends on its own shard and the descent gradients are
+averaged."""
 
 import json
 import math
@@ -8,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from fairseq_helpers import TINY_ARCH, make_corpus
@@ -23,7 +25,7 @@ def run_two_ranks(tmp_path, data, extra, dump_update=0, port=29517):
     cmd = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--nproc_per_node", "2",
            "--master_port", str(port), os.path.join(ROOT, "tests", "ddp_worker.py"), data,
            "--user-dir", os.path.join(ROOT, "fairseq_xsam"), "--task", "translation", "--cpu",
-           "--distributed-backend", "gloo", "--ddp-backend", "legacy_ddp", *TINY_ARCH,
+           "--distributed-backend", "gloo", *TINY_ARCH,
            "--optimizer", "xsam_adamw", "--lr", "3e-3", "--max-tokens", "330",
            "--update-freq", "2", "--save-dir", str(tmp_path / "ck"), "--no-save",
            "--no-progress-bar", "--num-workers", "0", "--seed", "5", *extra]
@@ -42,11 +44,16 @@ def assert_ranks_agree(r0, r1, searches):
     assert len(set(r0["digest"])) == len(r0["digest"])  # the parameters really moved
 
 
-def test_two_processes_agree_on_alpha_and_parameters(tmp_path):
+BACKENDS = pytest.mark.parametrize("backend,port", [("legacy_ddp", 29517), ("c10d", 29521)])
+
+
+@BACKENDS
+def test_two_processes_agree_on_alpha_and_parameters(tmp_path, backend, port):
     # 201 sentences: the last batch of each epoch exists on one rank only (a dummy on the other)
     data = make_corpus(str(tmp_path / "corpus"), n_train=201)
-    _, (r0, r1) = run_two_ranks(tmp_path, data, ["--alpha-search", "3", "--dropout", "0.1",
-                                                 "--max-epoch", "4"])
+    _, (r0, r1) = run_two_ranks(tmp_path, data, ["--ddp-backend", backend, "--alpha-search", "3",
+                                                 "--dropout", "0.1", "--max-epoch", "4"],
+                                port=port)
     assert_ranks_agree(r0, r1, searches=3)  # searches at updates 1, 4, 7
 
 
@@ -78,13 +85,14 @@ def local_reference(model, criterion, dump, rho):
     return g1.norm() * d
 
 
-def test_local_ascent_averages_per_worker_xsam_gradients(tmp_path):
+@BACKENDS
+def test_local_ascent_averages_per_worker_xsam_gradients(tmp_path, backend, port):
     data = make_corpus(str(tmp_path / "corpus"), n_train=201)
     # update 3: after the search at update 1, so α is the searched one (and not 1); update 2
     # is the end of epoch 1, where one rank only has a dummy batch (g_0 = 0)
     out, (r0, r1) = run_two_ranks(
-        tmp_path, data, ["--sam-local-ascent", "--alpha-search", "3", "--dropout", "0.0",
-                         "--max-epoch", "2"], dump_update=3, port=29519)
+        tmp_path, data, ["--ddp-backend", backend, "--sam-local-ascent", "--alpha-search", "3",
+                         "--dropout", "0.0", "--max-epoch", "2"], dump_update=3, port=port + 2)
     assert_ranks_agree(r0, r1, searches=2)
     dumps = [torch.load(out / f"dump{r}.pt", weights_only=False) for r in (0, 1)]
     assert dumps[0]["alpha"] == dumps[1]["alpha"] != 1.0
@@ -98,5 +106,10 @@ def test_local_ascent_averages_per_worker_xsam_gradients(tmp_path):
     expected = (per_worker[0] + per_worker[1]) / 2
     got = torch.cat([g.reshape(-1) for g in dumps[0]["grad"]]).double()
     assert (got - expected).norm() <= 1e-4 * expected.norm()
-    # ... and it is not what the synchronised ascent would give (the option does something)
-    assert (per_worker[0] - per_worker[1]).norm() > 1e-2 * expected.norm()
+    # ... and it is not what the synchronised ascent would give: one plane from the all-reduced
+    # gradient, i.e. all micro-batches of both workers at the world-size-averaged factor
+    both = {"theta": dumps[0]["theta"], "alpha": dumps[0]["alpha"],
+            "factor": dumps[0]["factor"] / 2, "samples": dumps[0]["samples"] + dumps[1]["samples"],
+            "ignore": dumps[0]["ignore"] + dumps[1]["ignore"]}
+    synchronised = local_reference(model, criterion, both, rho=0.15)
+    assert (got - synchronised).norm() > 1e-2 * expected.norm()

@@ -232,6 +232,10 @@ class TrainerGlue:
         precision = self.precision
         after_first_pass = utils.get_rng_state()
         precision.to_true_units()
+        if self.local:  # every worker must flatten the same tensors in _average_grads
+            for p in self.inner.params:  # (legacy_ddp's reduction does the same)
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
         try:
             info = self.xsam.sharpness_gradient(
                 self._gradient, self._loss, precision.moved,
