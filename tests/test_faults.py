@@ -129,6 +129,15 @@ def test_inf_probe_under_fp16_is_excluded(data, monkeypatch):
                                             *FP16])
     samples = batches(task, trainer, 8, 1)
     _ = trainer.optimizer
+    xsam = trainer._xsam_glue.xsam
+    seen = []
+    original = xsam.sharpness_gradient
+
+    def spy(*a, **k):
+        seen.append(original(*a, **k))
+        return seen[-1]
+
+    xsam.sharpness_gradient = spy
     # calls: 1 trainer pass, 2 the ascent-point pass, 3.. the 21 probes (α = 0, 0.1, …, 2)
     poison(trainer.criterion, set(range(3 + 15, 3 + 21)), probes_only=True,
            value=float("inf"))  # α = 1.5 … 2.0 overflow
@@ -136,7 +145,10 @@ def test_inf_probe_under_fp16_is_excluded(data, monkeypatch):
     trainer.train_step(samples)
     after = fp16_state(trainer)
     assert after[3] == 1 and after[2] == before[2]  # a normal update, scale kept
-    assert 0.0 <= trainer._xsam_glue.xsam.alpha <= 1.4 + 1e-9
+    losses = seen[0].probe_losses
+    assert torch.isinf(losses[15:]).all() and torch.isfinite(losses[:15]).all()
+    best = [round(0.1 * i, 12) for i in range(15)][int(torch.argmax(losses[:15]))]
+    assert seen[0].searched and xsam.alpha == seen[0].alpha == best
 
 
 def test_all_probes_non_finite_keeps_alpha_and_warns(data, caplog):

@@ -29,7 +29,13 @@ def test_precision_check_compares_fp16_and_amp_with_fp32(tmp_path):
     for r in per_update:
         alpha, alpha32 = r[3].split(" (")
         assert alpha == alpha32.rstrip(")")  # the same α* as fp32
+        assert float(r[5]) < 0.5  # the plane angle φ within half a degree (0 for amp on CPU)
         if r[0] == "| amp":  # CPU: fairseq's autocast is CUDA-only, so amp is fp32 exactly
             assert float(r[4]) == 0.0 and float(r[6].rstrip(" |")) == 0.0
         else:  # fp16 arithmetic in the passes, fp32 vector math
             assert 0.0 < float(r[4]) < 1e-2 and 0.0 < float(r[6].rstrip(" |")) < 5e-2
+    delta = {line.split(" | ")[0]: line.rstrip(" |").rsplit("| ", 1)[-1]
+             for line in out.read_text().splitlines() if "| Δθ after 2 |" in line}
+    assert delta["| amp"] == "0.00e+00 (parameter change; 0 skipped)"
+    assert delta["| fp16"].endswith("(parameter change; 0 skipped)")
+    assert 0.0 < float(delta["| fp16"].split()[0]) < 0.5
