@@ -99,10 +99,13 @@ def differences(cli: dict, hyd: dict) -> list:
                 va, vb = os.path.realpath(va), os.path.realpath(vb)
             if va != vb:
                 out.append((group, key, va, vb))
-    for key in ("_name", "arch", "dropout", "share_decoder_input_output_embed"):
-        if key in hyd["model"] and cli["model"].get(key, cli["model"].get("arch")) != \
-                hyd["model"][key]:
-            out.append(("model", key, cli["model"].get(key), hyd["model"][key]))
+    # the yaml names the model by _name (the arch) and sets what the command sets on top of it;
+    # a key missing from either side is a difference, not a skip
+    cli_model = {**cli["model"], "_name": cli["model"].get("arch", cli["model"].get("_name"))}
+    for key in ("_name", "dropout", "share_decoder_input_output_embed"):
+        va, vb = cli_model.get(key, "<absent>"), hyd["model"].get(key, "<absent>")
+        if va != vb:
+            out.append(("model", key, va, vb))
     return out
 
 
