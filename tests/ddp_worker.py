@@ -74,5 +74,16 @@ def dumping_sharpness(self):
 
 
 glue_module.TrainerGlue.sharpness = dumping_sharpness
+glue_init = glue_module.TrainerGlue.__init__
+
+
+def tagging_init(self, trainer):
+    """XSAM_DDP_EXPERT=1: mark one parameter as a mixture-of-experts (unshared) parameter."""
+    glue_init(self, trainer)
+    if os.environ.get("XSAM_DDP_EXPERT") == "1":
+        next(trainer.model.parameters()).expert = True
+
+
+glue_module.TrainerGlue.__init__ = tagging_init
 sys.argv = [os.path.join(ROOT, "scripts", "ddp_cpu_launch.py")] + sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")

@@ -19,7 +19,7 @@ from fairseq_xsam.fairseq.harness import build_trainer
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_two_ranks(tmp_path, data, extra, dump_update=0, port=29517):
+def run_two_ranks(tmp_path, data, extra, dump_update=0, port=29517, env_extra=None, check=True):
     out = tmp_path / "ranks"
     out.mkdir()
     cmd = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--nproc_per_node", "2",
@@ -30,8 +30,10 @@ def run_two_ranks(tmp_path, data, extra, dump_update=0, port=29517):
            "--update-freq", "2", "--save-dir", str(tmp_path / "ck"), "--no-save",
            "--no-progress-bar", "--num-workers", "0", "--seed", "5", *extra]
     env = dict(os.environ, XSAM_DDP_OUT=str(out), XSAM_DDP_DUMP=str(dump_update),
-               OMP_NUM_THREADS="1")
+               OMP_NUM_THREADS="1", **(env_extra or {}))
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400)
+    if not check:
+        return run
     assert run.returncode == 0, run.stderr[-4000:]
     return out, [json.load(open(out / f"rank{r}.json")) for r in (0, 1)]
 
@@ -113,3 +115,13 @@ def test_local_ascent_averages_per_worker_xsam_gradients(tmp_path, backend, port
             "ignore": dumps[0]["ignore"] + dumps[1]["ignore"]}
     synchronised = local_reference(model, criterion, both, rho=0.15)
     assert (got - synchronised).norm() > 1e-2 * expected.norm()
+
+
+def test_local_ascent_refuses_unshared_expert_parameters(tmp_path):
+    data = make_corpus(str(tmp_path / "corpus"), n_train=201)
+    run = run_two_ranks(tmp_path, data, ["--ddp-backend", "legacy_ddp", "--sam-local-ascent",
+                                         "--max-epoch", "1"], port=29525,
+                        env_extra={"XSAM_DDP_EXPERT": "1"}, check=False)
+    assert run.returncode != 0
+    assert "--sam-local-ascent averages every gradient over the workers, but this model has " \
+           "unshared (expert) parameters" in run.stderr

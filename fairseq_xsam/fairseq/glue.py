@@ -233,6 +233,7 @@ class TrainerGlue:
         after_first_pass = utils.get_rng_state()
         precision.to_true_units()
         if self.local:  # every worker must flatten the same tensors in _average_grads
+            self._check_local_ascent()
             for p in self.inner.params:  # (legacy_ddp's reduction does the same)
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
@@ -256,6 +257,15 @@ class TrainerGlue:
                 not final or self.local):
             return model.no_sync()
         return contextlib.ExitStack()
+
+    def _check_local_ascent(self) -> None:
+        if getattr(self, "_local_checked", False):
+            return
+        if any(hasattr(p, "expert") for p in self.trainer.model.parameters()):
+            raise ValueError("--sam-local-ascent averages every gradient over the workers, but "
+                             "this model has unshared (expert) parameters (allowed: leave "
+                             "--sam-local-ascent off)")
+        self._local_checked = True
 
     def _degenerate_everywhere(self, degenerate: torch.Tensor) -> bool:
         """Local ascent, search update: skip the probes only if every worker's plane is
