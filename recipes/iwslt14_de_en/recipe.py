@@ -42,6 +42,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+import prepare  # noqa: E402  (prepare.py next to this file: the test set's files and clean-up)
 USER_DIR = ROOT / "fairseq_xsam"
 CONFIG_DIR = HERE / "config"
 DEFAULT_DATA = "data-bin/iwslt14.tokenized.de-en"
@@ -49,8 +52,7 @@ DEFAULT_RUNS = "runs/iwslt14_de_en"
 OPTIMIZERS = ("adamw", "sam", "xsam", "fixed", "msam", "msam+", "lsam", "lsam+")
 IWSLT14_TEST_SENTENCES = 6750
 # fairseq's prepare-iwslt14.sh builds the test set from these files, in this order.
-IWSLT14_TEST_XML = ("IWSLT14.TED.dev2010", "IWSLT14.TEDX.dev2012", "IWSLT14.TED.tst2010",
-                    "IWSLT14.TED.tst2011", "IWSLT14.TED.tst2012")
+IWSLT14_TEST_XML = prepare.TEST_SETS
 
 # The one table: (fairseq config group, field, value, source). The command-line flag is the field
 # with dashes (``_name`` fields are --task, --arch, --optimizer, --lr-scheduler, --criterion),
@@ -304,8 +306,7 @@ def read_raw_references(paths: Sequence[str]) -> List[str]:
     for f in files:
         text = f.read_text(encoding="utf-8")
         if f.suffix == ".xml":
-            for seg in re.findall(r"<seg id=\"\d+\">(.*?)</seg>", text):
-                lines.append(seg.strip().replace("’", "'"))
+            lines += prepare.extract_segments(text.splitlines())  # the test set's own clean-up
         else:
             lines += text.rstrip("\n").split("\n")
     return lines
