@@ -16,8 +16,5 @@
 # Writes <run>/eval/generate-test.txt and <run>/eval/bleu.json.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/../.." && pwd)"
-if [[ -z "${PYTHON:-}" ]]; then
-  if [[ -x "$root/.venv/bin/python" ]]; then PYTHON="$root/.venv/bin/python"; else PYTHON=python3; fi
-fi
+source "$here/python.sh"
 exec "$PYTHON" "$here/recipe.py" evaluate "$@"

@@ -8,8 +8,5 @@
 # Python: $PYTHON if set, else the repository's .venv/bin/python if present, else python3.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-py="${PYTHON:-}"
-if [ -z "$py" ]; then
-    if [ -x "$here/../../.venv/bin/python" ]; then py="$here/../../.venv/bin/python"; else py=python3; fi
-fi
-exec "$py" "$here/prepare.py" "$@"
+source "$here/python.sh"
+exec "$PYTHON" "$here/prepare.py" "$@"
