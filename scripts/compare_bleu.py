@@ -148,6 +148,13 @@ def plots(groups: Dict[str, List[dict]], summary: Dict[str, dict], out: Path,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def save(name, fig):
+        fig.suptitle(title, fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=120)
+        plt.close(fig)
+        return name
+
     written = []
     fig, ax = plt.subplots(figsize=(6, 4))
     for lab, runs in groups.items():
@@ -161,11 +168,7 @@ def plots(groups: Dict[str, List[dict]], summary: Dict[str, dict], out: Path,
     ax.set_ylabel("validation loss (mean over seeds)")
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "valid_loss.png", dpi=120)
-    plt.close(fig)
-    written.append("valid_loss.png")
+    written.append(save("valid_loss.png", fig))
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 4))
     labels = list(groups)
@@ -184,11 +187,7 @@ def plots(groups: Dict[str, List[dict]], summary: Dict[str, dict], out: Path,
         ax.set_xticklabels(labels)
         ax.set_title(name + " (y axis zoomed)")
         ax.set_ylabel("BLEU")
-    fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "bleu.png", dpi=120)
-    plt.close(fig)
-    written.append("bleu.png")
+    written.append(save("bleu.png", fig))
 
     xsam_runs = [r for runs in groups.values() for r in runs if r["alpha"]]
     if xsam_runs:
@@ -200,11 +199,7 @@ def plots(groups: Dict[str, List[dict]], summary: Dict[str, dict], out: Path,
         ax.set_ylabel("alpha chosen by the search")
         ax.legend()
         ax.grid(alpha=0.3)
-        fig.suptitle(title, fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "alpha.png", dpi=120)
-        plt.close(fig)
-        written.append("alpha.png")
+        written.append(save("alpha.png", fig))
     return written
 
 

@@ -21,7 +21,6 @@ xsam_adamw settings (otherwise 0.15 / 0.45 / 1 / 2.0 / 0.1 / off).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -29,7 +28,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sharpness import ROOT, add_data_options, checked, load_setup  # noqa: E402
+from sharpness import (ROOT, add_data_options, checked, load_setup,  # noqa: E402
+                       write_json)
 
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
@@ -149,10 +149,7 @@ def main(argv=None):
         out.update(checkpoint=os.path.abspath(args.checkpoint), split=args.split,
                    batches=args.batches, first_batch=args.first_batch, adaptive=bool(s["adaptive"]),
                    device=str(setup.device))
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
-        print(f"wrote {args.json}")
+        write_json(args.json, out)
     return 0
 
 

@@ -55,6 +55,14 @@ def checked(kind, name, ok, allowed):
     return convert
 
 
+def write_json(path, obj) -> None:
+    """Writes ``obj`` to ``path`` (creating its folder) and says so."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2)
+    print(f"wrote {path}")
+
+
 def add_data_options(p, batches_default):
     """Options shared with scripts/plane_surface.py: what to load and which batches."""
     p.add_argument("checkpoint", help="a fairseq checkpoint (.pt)")
@@ -268,10 +276,7 @@ def main(argv=None):
         "device": str(setup.device),
     }
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(out, f, indent=2)
-        print(f"wrote {args.out}")
+        write_json(args.out, out)
     return 0
 
 
