@@ -134,6 +134,7 @@ class TrainerGlue:
         self.micro: List[MicroBatch] = []
         self.factor = None
         self.precision = None
+        self._local_checked = False  # --sam-local-ascent's model check, done at its first update
         cfg = trainer.cfg
         if cfg.optimization.use_bmuf:
             raise ValueError("--use-bmuf is not supported by --optimizer xsam_adamw "
@@ -259,7 +260,7 @@ class TrainerGlue:
         return contextlib.ExitStack()
 
     def _check_local_ascent(self) -> None:
-        if getattr(self, "_local_checked", False):
+        if self._local_checked:
             return
         if any(hasattr(p, "expert") for p in self.trainer.model.parameters()):
             raise ValueError("--sam-local-ascent averages every gradient over the workers, but "
