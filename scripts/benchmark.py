@@ -17,6 +17,7 @@ optimizer state kept between updates (base state plus XSAM's scratch copy of θ)
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -57,6 +58,7 @@ def parse_args(argv=None):
                         "and print the top operators (0: off)")
     p.add_argument("--profile-trace", default=None,
                    help="folder for the profiler's Chrome traces (sam.json, xsam.json)")
+    p.add_argument("--json", default=None, help="also write the figures (JSON) here")
     return p.parse_args(argv)
 
 
@@ -109,6 +111,11 @@ def main(argv=None) -> int:
                 else TINY)]
     common += ["--cpu"] if args.device == "cpu" else []
     common += {"fp32": [], "fp16": ["--fp16"], "amp": ["--amp"]}[args.precision]
+    if args.device == "cpu" and args.precision == "fp16":
+        # fairseq builds the flat fp32 master tensor on torch.cuda.current_device(): on CPU use
+        # the per-parameter layout; its overflow branch calls .cuda() on a scalar
+        common += ["--fp16-no-flatten-grads"]
+        torch.Tensor.cuda = lambda self, *a, **k: self
     epoch_updates = args.updates  # the timed window is one (simulated) epoch: one search
     trainers, batches = {}, None
     for name, opts in OPTIMIZERS.items():
@@ -171,6 +178,26 @@ def main(argv=None) -> int:
     math_s = optimizer_math_time(trainers["xsam"], args.device)
     print(f"\nXSAM vector math alone (no passes): {1000 * math_s:.2f} ms = "
           f"{math_s / med['adamw']:.1%} of an AdamW update")
+    if args.json:
+        figures = {
+            "device": args.device, "precision": args.precision,
+            "arch": args.arch or "tiny transformer", "parameters": params,
+            "timed_updates": args.updates, "warmup_updates": args.warmup,
+            "optimizers": {n: {"ms_per_update_median": 1000 * med[n],
+                               "ms_per_update_iqr": [1000 * q(times[n], 0),
+                                                     1000 * q(times[n], 2)],
+                               "updates_per_s": 1 / med[n],
+                               "state_kept_mib": state_bytes(trainers[n]) / 2 ** 20,
+                               "peak_cuda_mib": (peak[n] / 2 ** 20 if args.device == "cuda"
+                                                 else None)} for n in trainers},
+            "ratios": {"xsam_sam_amortised": amortised / med["sam"],
+                       "xsam_sam_median": med["xsam"] / med["sam"],
+                       "sam_adamw": med["sam"] / med["adamw"],
+                       "search_every_update_sam": med["xsam-search-every-update"] / med["sam"]},
+            "epoch_updates": args.epoch_updates, "xsam_math_ms": 1000 * math_s}
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=1)
     if args.profile:
         for name in ("sam", "xsam"):
             profile(name, trainers[name], batches, args)

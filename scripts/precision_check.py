@@ -20,6 +20,8 @@ added, and ``--amp`` runs without a loss scaler (CPU autocast is off in fairseq'
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import platform
 import sys
@@ -46,6 +48,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--lr", default="5e-4")
     p.add_argument("--out", default=None, help="also write the report (markdown) here")
+    p.add_argument("--json", default=None, help="also write the figures (JSON) here")
     args = p.parse_args(argv)
     if args.updates < 1:
         p.error(f"--updates must be >= 1 (got {args.updates})")
@@ -70,20 +73,39 @@ def run(precision, data, args):
     batches = first_batches(task, 10 ** 6, args.updates,
                             args.max_tokens or (4096 if args.arch else 500))
     glue_trainer = trainer.optimizer  # builds the optimizer and attaches the glue
-    glue = trainer._xsam_glue
-    xsam = glue.xsam
-    records = []
+    records = instrument(trainer)
 
     def master():
         inner = getattr(glue_trainer, "fp32_optimizer", glue_trainer)
         return torch.cat([p.detach().float().reshape(-1) for p in inner.params])
 
+    start = master().cpu()
+    for batch in batches:
+        trainer.train_step([batch])
+        scale = getattr(getattr(glue_trainer, "scaler", None), "loss_scale", None)
+        if scale is None and precision == "amp":
+            scale = glue_trainer.scaler.get_scale() if glue_trainer.scaler.is_enabled() else None
+        records[-1]["scale"] = scale
+    return records, master().cpu() - start, trainer.get_num_updates()
+
+
+def instrument(trainer) -> list:
+    """Spies on an ``xsam_adamw`` trainer (building its optimizer). Returns the list that gets, per
+    XSAM update, a dict: ``gk_norm`` (‖g_k‖, true units), ``phi`` (radians), ``alpha``,
+    ``probe_losses`` (None without a search) and, if the base optimizer stepped, ``adam_grad``
+    (the gradient AdamW received, flat fp32 on the CPU)."""
+    _ = trainer.optimizer  # builds the optimizer and attaches the glue
+    glue = trainer._xsam_glue
+    xsam = glue.xsam
+    records = []
     sharpness = glue.sharpness
 
     def spy_sharpness():
         info = sharpness()
         records.append({"gk_norm": float(info.grad_norm), "alpha": info.alpha,
-                        "phi": float(info.phi) if info.phi is not None else float("nan")})
+                        "phi": float(info.phi) if info.phi is not None else float("nan"),
+                        "probe_losses": (None if info.probe_losses is None
+                                         else info.probe_losses.tolist())})
         return info
 
     base_step = xsam.base_optimizer.step
@@ -96,14 +118,7 @@ def run(precision, data, args):
 
     glue.sharpness = spy_sharpness
     xsam.base_optimizer.step = spy_step
-    start = master().cpu()
-    for batch in batches:
-        trainer.train_step([batch])
-        scale = getattr(getattr(glue_trainer, "scaler", None), "loss_scale", None)
-        if scale is None and precision == "amp":
-            scale = glue_trainer.scaler.get_scale() if glue_trainer.scaler.is_enabled() else None
-        records[-1]["scale"] = scale
-    return records, master().cpu() - start, trainer.get_num_updates()
+    return records
 
 
 def rel(a, b):
@@ -125,18 +140,29 @@ def main(argv=None) -> int:
              f"{args.updates} updates, a search on every update, dropout 0.", "",
              "| precision | update | loss scale | α* (fp32) | ‖g_k‖ rel. diff | φ diff (deg) "
              "| AdamW's gradient rel. diff |", "|---|---|---|---|---|---|---|"]
+    figures = {"device": args.device, "arch": args.arch or "tiny transformer",
+               "updates": args.updates, "rows": []}
     for precision in ("fp16", "amp"):
         recs, delta, updates = results[precision]
         skipped = args.updates - updates
         for i, (r, r32) in enumerate(zip(recs, ref)):
             grad = (f"{rel(r['adam_grad'], r32['adam_grad']):.2e}" if "adam_grad" in r
                     else "skipped (overflow)")
+            figures["rows"].append({
+                "precision": precision, "update": i + 1, "loss_scale": r["scale"],
+                "alpha": r["alpha"], "alpha_fp32": r32["alpha"],
+                "gk_norm_rel_diff": abs(r["gk_norm"] - r32["gk_norm"]) / r32["gk_norm"],
+                "phi_diff_deg": math.degrees(abs(r["phi"] - r32["phi"])),
+                "adam_grad_rel_diff": (rel(r["adam_grad"], r32["adam_grad"])
+                                       if "adam_grad" in r else None)})
+            row = figures["rows"][-1]
             lines.append(
                 f"| {precision} | {i + 1} | {r['scale']} | {r['alpha']} ({r32['alpha']}) | "
-                f"{abs(r['gk_norm'] - r32['gk_norm']) / r32['gk_norm']:.2e} | "
-                f"{abs(r['phi'] - r32['phi']) * 57.29577951308232:.3f} | {grad} |")
+                f"{row['gk_norm_rel_diff']:.2e} | {row['phi_diff_deg']:.3f} | {grad} |")
         lines.append(f"| {precision} | Δθ after {args.updates} | | | | | "
                      f"{rel(delta, ref_delta):.2e} (parameter change; {skipped} skipped) |")
+        figures[f"{precision}_delta_theta_rel_diff"] = rel(delta, ref_delta)
+        figures[f"{precision}_skipped"] = skipped
     text = "\n".join(lines)
     print(text)
     if args.out:
@@ -144,6 +170,10 @@ def main(argv=None) -> int:
         with open(args.out, "w") as f:
             f.write(text + "\n\nCommand: `python scripts/precision_check.py "
                     + " ".join(sys.argv[1:] if argv is None else argv) + "`\n")
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=1)
     return 0
 
 

@@ -16,11 +16,12 @@ def make_corpus(folder, n_train=200, n_valid=20, seed=0):
     return synthetic_corpus(folder, n_train, n_valid, seed)
 
 
-def build_trainer(data, extra, seed=1):
-    """A fairseq Trainer for the tiny CPU model with the tests' common options."""
+def build_trainer(data, extra, seed=1, cpu=True):
+    """A fairseq Trainer for the tiny model with the tests' common options (CPU unless ``cpu``
+    is False: then fairseq's default device, CUDA)."""
     from fairseq_xsam.fairseq.harness import build_trainer as build
 
-    return build(data, ["--task", "translation", "--cpu", "--criterion",
+    return build(data, ["--task", "translation", *(["--cpu"] if cpu else []), "--criterion",
                         "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
                         "--dropout", "0.0", "--max-tokens", "4000", "--lr", "1e-3",
                         "--no-progress-bar", *TINY_ARCH, *extra], seed=seed)
