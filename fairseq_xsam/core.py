@@ -345,9 +345,11 @@ def search_alpha_(theta, backup, u_minus_v, v, phi, degenerate, grid, expansion,
     extra = expansion.alphas(alphas[-1]) if expansion is not None else []
     candidates = torch.tensor(alphas + extra, dtype=phi.dtype, device=phi.device)
     c_u, c_v = interpolation_coefficients(candidates, phi, degenerate)
-    # A worker with a degenerate plane probes along v for every α: its φ does not bound α.
-    cap_phi = max_over_workers(torch.where(degenerate, torch.zeros_like(phi), phi))
-    within = within_half_turn(candidates, cap_phi).to(phi.dtype)
+    within = torch.ones_like(candidates)
+    if expansion is not None:
+        # A worker with a degenerate plane probes along v for every α: its φ does not bound α.
+        cap_phi = max_over_workers(torch.where(degenerate, torch.zeros_like(phi), phi))
+        within = within_half_turn(candidates, cap_phi).to(phi.dtype)
     # One transfer for every coefficient and flag: the search decides on the host anyway.
     coefficients = torch.stack([c_u, c_v, within]).tolist()
 

@@ -13,7 +13,8 @@ from test_fairseq import close, descent_grad
 
 # On the tiny corpus a probe radius of 2 puts the maximum just past α = 2 (α* ≈ 2.1-2.5)
 WIDE = ["--optimizer", "xsam_adamw", "--alpha-search", "1", "--rho", "0.3", "--probe-rho", "2.0"]
-LINE = re.compile(r"XSAM alpha search at update (\d+): alpha=([0-9.]+) \(probe losses ([^)]*)\)(.*)")
+LINE = re.compile(r"XSAM alpha search at update (\d+): alpha=([0-9.]+) "
+                  r"\(probe losses ([^)]*)\)(.*)")
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +122,46 @@ def test_hydra_config_and_command_line_agree_on_auto(monkeypatch):
     for cfg, expected in ((hyd, "auto"), (three, 3.0)):
         opt = XSAMAdamW(OmegaConf.create(cfg["optimizer"]), [torch.nn.Parameter(torch.ones(2))])
         assert opt.optimizer.hyper["alpha_max"] == expected
+
+
+@pytest.mark.parametrize("local", [False, True], ids=["synchronised", "local-ascent"])
+def test_two_processes_agree_on_the_expanded_alpha(tmp_path, local):
+    from test_ddp import assert_ranks_agree, run_two_ranks
+
+    data = make_corpus(str(tmp_path / "corpus"), n_train=201)
+    _, (r0, r1) = run_two_ranks(
+        tmp_path, data, ["--ddp-backend", "legacy_ddp", "--alpha-search", "3", "--dropout",
+                         "0.1", "--max-epoch", "2", "--alpha-max", "auto", "--probe-rho", "2.0",
+                         *(["--sam-local-ascent"] if local else [])],
+        port=29531 + 2 * int(local))
+    assert_ranks_agree(r0, r1, searches=2)  # searches at updates 1 and 4
+    assert max(r0["alpha"]) > 2.0, r0["alpha"]  # the search really went past the grid
+
+
+def as_saved_before_auto_existed(save_dir):
+    """Rewrites checkpoint_last.pt the way it looked before --alpha-max auto existed: a float
+    alpha_max and no alpha_expand_probes, in the optimizer's groups and in the saved config."""
+    import os
+
+    path = os.path.join(save_dir, "checkpoint_last.pt")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    for group in state["last_optimizer_state"]["param_groups"]:
+        group["alpha_max"] = 2.0
+        del group["alpha_expand_probes"]
+    state["cfg"]["optimizer"]["alpha_max"] = 2.0  # fairseq saves its config as a plain dict
+    del state["cfg"]["optimizer"]["alpha_expand_probes"]
+    torch.save(state, path)
+
+
+def test_sigkill_and_resume_with_auto_is_bit_exact_also_from_an_old_checkpoint(tmp_path):
+    from test_resume import sigkill_then_resume_is_bit_exact
+
+    lines, searches = sigkill_then_resume_is_bit_exact(
+        tmp_path, ["--alpha-max", "auto", "--probe-rho", "2.0"],
+        before_resume=as_saved_before_auto_existed)
+    alphas = {u: float(v.split("alpha=")[1].split()[0]) for u, v in searches.items()}
+    assert alphas[1] > 2.0 and max(alphas.values()) > 2.0, alphas  # past the grid, resumed
+    # the metric is in the train log on search updates, 1 or 0 (fairseq prints None elsewhere)
+    edge = {u: re.search(r"xsam_alpha_at_edge=(\S+?),? ", lines[u] + " ") for u in lines}
+    assert {u: m.group(1) for u, m in edge.items() if m and m.group(1) != "None"} == {
+        u: "1" if "[at the grid's edge" in searches[u] else "0" for u in searches}

@@ -344,7 +344,8 @@ def test_expanding_search_lands_within_one_step_of_the_closed_form_maximum(p, a,
     # the probes are where d(α) says, and their losses follow L(ψ) of the closed form
     psi = torch.tensor(info.probe_alphas, dtype=torch.float64) * phi
     L0 = float(0.5 * theta0 @ A @ theta0 + b @ theta0)
-    closed = L0 + probe_rho * p * torch.cos(psi) + 0.5 * probe_rho ** 2 * (a + c * torch.sin(2 * psi))
+    closed = (L0 + probe_rho * p * torch.cos(psi)
+              + 0.5 * probe_rho ** 2 * (a + c * torch.sin(2 * psi)))
     assert torch.allclose(info.probe_losses, closed, rtol=1e-10, atol=1e-12)
 
     # the paper's fixed grid stops at 2 and says so

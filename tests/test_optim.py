@@ -218,8 +218,9 @@ BAD = [
     (dict(alpha_max="auto", alpha_expand_probes=2.5), "Invalid alpha_expand_probes value: 2.5"),
     (dict(alpha_max="auto", alpha_step=2.5),
      "Invalid alpha_step value: 2.5 (allowed: 0 < alpha_step <= 2.0, the grid of alpha_max auto)"),
-    (dict(alpha_max="auto", alpha=6.5), "Invalid alpha value: 6.5 (allowed: 0 <= alpha <= 6 = "
-                                        "2 + alpha_expand_probes x alpha_step with alpha_max auto)"),
+    (dict(alpha_max="auto", alpha=6.5),
+     "Invalid alpha value: 6.5 (allowed: 0 <= alpha <= 6 = 2 + alpha_expand_probes x alpha_step "
+     "with alpha_max auto)"),
 ]
 
 
@@ -307,7 +308,8 @@ def test_auto_out_of_probes_names_the_budget_option(caplog):
     with caplog.at_level("WARNING", logger="fairseq_xsam.optim"):
         opt.step(closure)
     assert opt.alpha == 2.5
-    assert len(caplog.records) == 1 and "raise alpha_expand_probes" in caplog.records[0].getMessage()
+    assert len(caplog.records) == 1
+    assert "raise alpha_expand_probes" in caplog.records[0].getMessage()
 
 
 def test_auto_state_dict_round_trip_and_a_state_dict_saved_before_auto_existed():
