@@ -10,6 +10,9 @@ One update (:func:`sharpness_update`):
 2. plane       u = (θ_k − θ)/‖θ_k − θ‖,  v = g_k/‖g_k‖,  φ = ∠(u, v)
 3. interpolate d(α) = [sin((1−α)φ)·u + sin(αφ)·v] / sin φ            (unit vector; d(1) = v)
 4. search      α* = argmax_α L(θ + ρ'·d(α)) over 0, Δα, …, α_max     (only on search updates)
+               α_max = 'auto' (:class:`Expansion`): past α_max = 2 keep probing α_max + jΔα while
+               the loss rises, α·φ ≤ π, at most N extra probes; :func:`edge_of` says whether α*
+               is the last probe (the maximum may lie beyond what was searched)
 5. descend     θ restored bit-exactly; gradient ← ‖g_k‖·d(α*)          (the base optimizer steps)
 
 The baselines share steps 1 and 5 and form the descent gradient differently (:data:`VARIANTS`).
@@ -72,6 +75,14 @@ def global_norm(tensors: Sequence[Tensor]) -> Tensor:
     return torch.linalg.vector_norm(torch.stack(norms))
 
 
+#: α_max = 'auto': the base grid is the paper's 0..2; the search may continue past it.
+AUTO = "auto"
+AUTO_BASE_ALPHA_MAX = 2.0
+#: Why α* is the last probe (:func:`edge_of`): the fixed grid ends there; --alpha-max auto ran
+#: out of extra probes; or the next probe would rotate past the direction opposite u (αφ > π).
+EDGE_GRID, EDGE_PROBES, EDGE_OPPOSITE = "grid", "probes", "opposite"
+
+
 def alpha_grid(alpha_max: float, alpha_step: float) -> List[float]:
     """The α grid 0, Δα, 2Δα, …, α_max (inclusive, robust to rounding of α_max/Δα)."""
     n = int(math.floor(alpha_max / alpha_step + 1e-9))
@@ -79,6 +90,56 @@ def alpha_grid(alpha_max: float, alpha_step: float) -> List[float]:
     if alpha_max - grid[-1] > 1e-9 * max(1.0, alpha_max):
         grid.append(alpha_max)
     return grid
+
+
+@dataclass(frozen=True)
+class Expansion:
+    """The expanding search (α_max = 'auto'): past the grid's edge α_e, probe α_e + jΔα,
+    j = 1..``probes``, while each probe's loss is higher than every earlier one and α·φ ≤ π
+    (φ·α = π is d = −u, the direction opposite the ascent; beyond it the rotation comes back)."""
+
+    step: float  # Δα
+    probes: int  # the most extra forward passes per search
+
+    def alphas(self, edge: float) -> List[float]:
+        """The candidates past ``edge``, one more than ``probes`` (it tells the π cap from the
+        probe budget when the search stops rising at neither)."""
+        return [round(edge + j * self.step, 12) for j in range(1, self.probes + 2)]
+
+
+def search_plan(alpha_max, alpha_step: float, expand_probes: int):
+    """(base grid, :class:`Expansion` or None) for ``alpha_max`` (a number, or 'auto': the grid
+    0..2 and up to ``expand_probes`` probes past it)."""
+    if alpha_max == AUTO:
+        return alpha_grid(AUTO_BASE_ALPHA_MAX, alpha_step), Expansion(alpha_step, expand_probes)
+    return alpha_grid(alpha_max, alpha_step), None
+
+
+def largest_alpha(alpha_max, alpha_step: float, expand_probes: int) -> float:
+    """The largest α a search can return (for 'auto': 2 + expand_probes·Δα)."""
+    grid, expansion = search_plan(alpha_max, alpha_step, expand_probes)
+    return expansion.alphas(grid[-1])[-2] if expansion is not None else grid[-1]
+
+
+def within_half_turn(alphas: Tensor, phi: Tensor) -> Tensor:
+    """α·φ ≤ π (up to round-off of φ): d(α) has not rotated past −u."""
+    return alphas * phi <= math.pi * (1.0 + 1e-6)
+
+
+def edge_of(best: Optional[int], n_probes: int, expansion: Optional[Expansion],
+            next_within: bool) -> Optional[str]:
+    """Why α* sits on the searched range's edge, or None when it does not.
+
+    α* is on the edge iff it is the last probe (``best == n_probes − 1``): the loss still rose
+    there, so the maximum may lie further on. The reason names what bounded the search: the fixed
+    grid (:data:`EDGE_GRID`), the expansion's probe budget (:data:`EDGE_PROBES`) or, when the next
+    candidate is past −u (``next_within`` False), the half turn (:data:`EDGE_OPPOSITE`).
+    """
+    if best is None or best != n_probes - 1:
+        return None
+    if expansion is None:
+        return EDGE_GRID
+    return EDGE_PROBES if next_within else EDGE_OPPOSITE
 
 
 def interpolation_coefficients(alpha, phi: Tensor, degenerate: Tensor):
@@ -152,7 +213,10 @@ class UpdateInfo:
     phi: Optional[Tensor] = None  # angle between u and v (radians), plane variants only
     alpha: Optional[float] = None  # α used for this update's descent
     searched: bool = False  # a search ran (its α is a candidate until the update commits)
-    probe_losses: Optional[Tensor] = None
+    probe_losses: Optional[Tensor] = None  # in the order of probe_alphas
+    probe_alphas: Optional[List[float]] = None  # 0, Δα, …, α_max[, past it with 'auto']
+    at_edge: Optional[bool] = None  # search updates: α* is the last probe (see edge_of)
+    edge: Optional[str] = None  # why: EDGE_GRID, EDGE_PROBES or EDGE_OPPOSITE; None if inside
 
 
 def sharpness_update(
@@ -165,6 +229,7 @@ def sharpness_update(
     variant: str,
     alpha: float,
     search_grid: Optional[Sequence[float]] = None,
+    expansion: Optional[Expansion] = None,
     probe_rho: float = 0.0,
     adaptive: bool = False,
     asam_eta: float = 0.01,
@@ -172,6 +237,7 @@ def sharpness_update(
     compute_loss: Optional[Callable[[], Tensor]] = None,
     moved: Callable[[], None] = lambda: None,
     skip_search: Callable[[Tensor], bool] = bool,
+    max_over_workers: Callable[[Tensor], Tensor] = lambda t: t,
 ) -> UpdateInfo:
     """One XSAM-family update, from g_0 to the descent gradient.
 
@@ -186,6 +252,10 @@ def sharpness_update(
     ``skip_search(degenerate)`` says the plane is degenerate (α is then kept): callers whose
     workers each build their own plane pass a function that agrees across workers, so that all
     of them run the same probes (a degenerate worker probes along v).
+
+    ``expansion`` (α_max = 'auto') continues the search past ``search_grid``'s edge (see
+    :func:`search_alpha_`); the π cap uses ``max_over_workers(φ)`` (φ = 0 where degenerate), so
+    workers with their own planes (local ascent) all probe the same α's.
     """
     spec = VARIANTS[variant]
     torch._foreach_copy_(backup, theta)
@@ -209,8 +279,8 @@ def sharpness_update(
         grad_norm = global_norm(grads)
         info = UpdateInfo(grad_norm=grad_norm)
         if spec.plane:
-            _plane_descent(theta, grads, backup, grad_norm, alpha, search_grid, probe_rho,
-                           compute_loss, moved, skip_search, info)
+            _plane_descent(theta, grads, backup, grad_norm, alpha, search_grid, expansion,
+                           probe_rho, compute_loss, moved, skip_search, max_over_workers, info)
         elif spec.first is not None:
             acc, count = _accumulate(acc, count, grads, spec.normalise)
             scale = grad_norm / global_norm(acc).clamp_min(TINY)
@@ -234,8 +304,8 @@ def _accumulate(acc, count, grads, normalise):
     return acc, count + 1
 
 
-def _plane_descent(theta, grads, backup, grad_norm, alpha, search_grid, probe_rho,
-                   compute_loss, moved, skip_search, info):
+def _plane_descent(theta, grads, backup, grad_norm, alpha, search_grid, expansion, probe_rho,
+                   compute_loss, moved, skip_search, max_over_workers, info):
     searching = search_grid is not None
     if searching:
         # The probes move θ, so the displacement θ_k − θ needs its own buffer this time.
@@ -246,23 +316,71 @@ def _plane_descent(theta, grads, backup, grad_norm, alpha, search_grid, probe_rh
     phi, degenerate = plane_(work, grads, grad_norm)
     info.phi = phi
     if searching and not skip_search(degenerate):
-        # A search decides α on the host anyway: one transfer for all the grid's coefficients.
-        c_u, c_v = interpolation_coefficients(
-            torch.tensor(list(search_grid), dtype=phi.dtype, device=phi.device), phi, degenerate)
-        losses = []
-        for a_u, a_v in zip(c_u.tolist(), c_v.tolist()):
-            # θ + ρ'·d(α) = θ + ρ'c_u·(u − v) + ρ'(c_u + c_v)·v
-            torch._foreach_copy_(theta, backup)
-            torch._foreach_add_(theta, work, alpha=probe_rho * a_u)
-            torch._foreach_add_(theta, grads, alpha=probe_rho * (a_u + a_v))
-            moved()
-            loss = compute_loss().detach().reshape(())
-            losses.append(loss.to(torch.promote_types(loss.dtype, torch.float32)))
-        info.probe_losses = torch.stack(losses)
-        best = pick_alpha(info.probe_losses, search_grid)
-        info.searched = True
-        if best is not None:
-            alpha = float(search_grid[best])
-    info.alpha = alpha
-    c_u, c_v = interpolation_coefficients(alpha, phi, degenerate)
+        search_alpha_(theta, backup, work, grads, phi, degenerate, search_grid, expansion,
+                      probe_rho, compute_loss, moved, max_over_workers, info)
+        if info.alpha is None:  # no finite probe: α is kept
+            info.alpha = alpha
+    else:
+        info.alpha = alpha
+    c_u, c_v = interpolation_coefficients(info.alpha, phi, degenerate)
     combine_(work, grads, grad_norm * c_u, grad_norm * c_v)
+
+
+def search_alpha_(theta, backup, u_minus_v, v, phi, degenerate, grid, expansion, probe_rho,
+                  compute_loss, moved=lambda: None, max_over_workers=lambda t: t,
+                  info: Optional[UpdateInfo] = None) -> UpdateInfo:
+    """α* = argmax_α L(θ + ρ'·d(α)) over ``grid`` (ties: the smallest α), then, with an
+    ``expansion``, on past the grid's edge.
+
+    The expansion starts only if α* is the grid's last point, and probes α_e + Δα, α_e + 2Δα, …
+    while each new loss is above every earlier one (strictly: a tie keeps the smaller α; a
+    non-finite loss stops it), α·φ ≤ π, and at most ``expansion.probes`` times. So when the
+    maximum is inside the grid the result is the fixed grid's, probe for probe. Probes move
+    ``theta`` from ``backup`` (θ) along ``u_minus_v`` and ``v`` (see :func:`plane_`); ``theta``
+    is left at the last probe. Fills ``info``: probe_alphas, probe_losses, alpha (None if no
+    probe was finite), searched, at_edge and edge (:func:`edge_of`).
+    """
+    info = info if info is not None else UpdateInfo(grad_norm=torch.zeros(()))
+    alphas = [float(a) for a in grid]
+    extra = expansion.alphas(alphas[-1]) if expansion is not None else []
+    candidates = torch.tensor(alphas + extra, dtype=phi.dtype, device=phi.device)
+    c_u, c_v = interpolation_coefficients(candidates, phi, degenerate)
+    within = torch.ones_like(candidates)
+    if expansion is not None:
+        # A worker with a degenerate plane probes along v for every α: its φ does not bound α.
+        cap_phi = max_over_workers(torch.where(degenerate, torch.zeros_like(phi), phi))
+        within = within_half_turn(candidates, cap_phi).to(phi.dtype)
+    # One transfer for every coefficient and flag: the search decides on the host anyway.
+    coefficients = torch.stack([c_u, c_v, within]).tolist()
+
+    def probe(i):
+        a_u, a_v = coefficients[0][i], coefficients[1][i]
+        # θ + ρ'·d(α) = θ + ρ'c_u·(u − v) + ρ'(c_u + c_v)·v
+        torch._foreach_copy_(theta, backup)
+        torch._foreach_add_(theta, u_minus_v, alpha=probe_rho * a_u)
+        torch._foreach_add_(theta, v, alpha=probe_rho * (a_u + a_v))
+        moved()
+        loss = compute_loss().detach().reshape(())
+        return loss.to(torch.promote_types(loss.dtype, torch.float32))
+
+    losses = [probe(i) for i in range(len(alphas))]
+    best = pick_alpha(torch.stack(losses), alphas)
+    n = len(alphas)
+    if expansion is not None and best == n - 1:
+        for j in range(expansion.probes):
+            if not coefficients[2][n + j]:
+                break
+            losses.append(probe(n + j))
+            alphas.append(extra[j])
+            rose = torch.isfinite(losses[-1]) & (losses[-1] > losses[best])
+            if not bool(rose):  # fell, tied or non-finite (as pick_alpha): α* is inside
+                break
+            best = len(losses) - 1
+    next_within = len(alphas) < len(extra) + n and bool(coefficients[2][len(alphas)])
+    info.edge = edge_of(best, len(losses), expansion, next_within)
+    info.at_edge = info.edge is not None
+    info.probe_alphas = alphas
+    info.probe_losses = torch.stack(losses)
+    info.searched = True
+    info.alpha = float(alphas[best]) if best is not None else None
+    return info

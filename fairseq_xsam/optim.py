@@ -9,7 +9,8 @@ r"""XSAM for plain PyTorch: a wrapper around any ``torch.optim`` optimizer.
      \quad \phi = \angle(u, v) \\
    &d(\alpha) = \tfrac{\sin((1-\alpha)\phi)\,u + \sin(\alpha\phi)\,v}{\sin\phi} \\
    &\text{on search steps: } \alpha \leftarrow \arg\max_{\alpha \in \{0,\Delta,\dots,\alpha_{max}\}}
-     L(\theta + \rho' d(\alpha)) \\
+     L(\theta + \rho' d(\alpha)) \quad (\alpha_{max} = \text{auto: on past 2 while } L
+     \text{ rises}, \alpha\phi \le \pi) \\
    &\theta \leftarrow B\big(\theta,\ \lVert g_k\rVert\, d(\alpha)\big)
    \end{aligned}
 
@@ -25,12 +26,12 @@ from typing import Callable, Optional
 import torch
 
 from . import core
-from .settings import check
+from .settings import check, edge_advice, parse_alpha_max
 
 logger = logging.getLogger(__name__)
 
 HYPERPARAMETERS = ("rho", "probe_rho", "ascent_steps", "variant", "alpha_max", "alpha_step",
-          "search_every", "adaptive", "asam_eta")
+          "search_every", "adaptive", "asam_eta", "alpha_expand_probes")
 
 
 class XSAM(torch.optim.Optimizer):
@@ -47,6 +48,12 @@ class XSAM(torch.optim.Optimizer):
             'msam', 'msam+', 'lsam', 'lsam+' (see ``fairseq_xsam.core.VARIANTS``).
         alpha (float): α in use until the first search (default 1.0 = SAM's direction).
         alpha_max, alpha_step (float): the grid 0, Δ, …, α_max searched (defaults 2.0, 0.1).
+            ``alpha_max='auto'``: search 0, Δ, …, 2, then, if the loss still rises at 2, go on
+            at 2 + Δ, 2 + 2Δ, … while it rises, α·φ ≤ π (up to the direction opposite the
+            ascent) and at most ``alpha_expand_probes`` extra probes (default 40).
+            Every search sets ``at_edge`` on the :class:`~fairseq_xsam.core.UpdateInfo` it
+            returns (α* is the last probe: the maximum may lie beyond); the first time in a
+            run, one ``logging`` warning names the option to change.
         search_every: 'xsam' only. N > 0 searches on steps 1, N+1, 2N+1, …; 0 never; 'epoch'
             searches on the first step after each :meth:`begin_epoch`. Default 1 for 'xsam'.
         adaptive (bool): ASAM's ascent, scaled element-wise by T = |θ| + η (default False).
@@ -62,15 +69,17 @@ class XSAM(torch.optim.Optimizer):
 
     def __init__(self, params, base_optimizer, rho: float = 0.15, probe_rho: float = 0.3,
                  ascent_steps: int = 1, variant: str = "xsam", alpha: float = 1.0,
-                 alpha_max: float = 2.0, alpha_step: float = 0.1, search_every=None,
-                 adaptive: bool = False, asam_eta: float = 0.01, **kwargs):
+                 alpha_max=2.0, alpha_step: float = 0.1, search_every=None,
+                 adaptive: bool = False, asam_eta: float = 0.01, alpha_expand_probes: int = 40,
+                 **kwargs):
         schedule = check(rho=rho, probe_rho=probe_rho, ascent_steps=ascent_steps,
                          variant=variant, alpha=alpha, alpha_max=alpha_max,
                          alpha_step=alpha_step, search=search_every, adaptive=adaptive,
-                         asam_eta=asam_eta)
+                         asam_eta=asam_eta, alpha_expand_probes=alpha_expand_probes)
         defaults = dict(rho=rho, probe_rho=probe_rho, ascent_steps=ascent_steps, variant=variant,
-                        alpha_max=alpha_max, alpha_step=alpha_step, search_every=schedule,
-                        adaptive=adaptive, asam_eta=asam_eta)
+                        alpha_max=parse_alpha_max(alpha_max), alpha_step=alpha_step,
+                        search_every=schedule, adaptive=adaptive, asam_eta=asam_eta,
+                        alpha_expand_probes=alpha_expand_probes)
         super().__init__(params, defaults)
         self.base_optimizer = base_optimizer(self.param_groups, **kwargs)
         self.param_groups = self.base_optimizer.param_groups
@@ -81,6 +90,8 @@ class XSAM(torch.optim.Optimizer):
         self._backup = None  # θ's copy during a step: scratch, never saved
         self._backup_key = None
         self._prepared: Optional[core.UpdateInfo] = None
+        self.cli_names = False  # option names in messages: --alpha-max (fairseq) or alpha_max
+        self._edge_warned = False  # the edge warning is given once per run (not saved)
 
     # -- the search clock ----------------------------------------------------------------
     @property
@@ -120,12 +131,15 @@ class XSAM(torch.optim.Optimizer):
     def sharpness_gradient(self, compute_grad: Callable, compute_loss: Optional[Callable] = None,
                            moved: Callable[[], None] = lambda: None,
                            search: Optional[bool] = None,
-                           skip_search: Callable[[torch.Tensor], bool] = bool) -> core.UpdateInfo:
+                           skip_search: Callable[[torch.Tensor], bool] = bool,
+                           max_over_workers: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+                           ) -> core.UpdateInfo:
         """Replaces the gradients g_0 (already in ``p.grad``) by the descent gradient.
 
         ``compute_grad()`` must leave ∇L at the current parameters in their ``.grad`` (zeroing them
         first); ``compute_loss()`` returns L at the current parameters without gradients;
-        ``skip_search`` decides, from the plane's degeneracy, whether a due search is skipped
+        ``skip_search`` decides, from the plane's degeneracy, whether a due search is skipped,
+        and ``max_over_workers`` makes the π cap of ``alpha_max='auto'`` agree across workers
         (see :func:`fairseq_xsam.core.sharpness_update`). The
         parameters are restored bit-exactly before this returns, also when a pass raises. The α a
         search finds is committed by the next :meth:`step`.
@@ -148,17 +162,23 @@ class XSAM(torch.optim.Optimizer):
                     p.grad = torch.zeros_like(p)
             return [p.grad for p in theta]
 
+        grid, expansion = core.search_plan(h["alpha_max"], h["alpha_step"],
+                                           h["alpha_expand_probes"])
         with torch.no_grad():
             info = core.sharpness_update(
                 theta, [p.grad for p in theta], self._backup, rho=h["rho"],
                 ascent_steps=h["ascent_steps"], variant=h["variant"], alpha=self.alpha,
-                search_grid=core.alpha_grid(h["alpha_max"], h["alpha_step"]) if search else None,
+                search_grid=grid if search else None, expansion=expansion,
                 probe_rho=h["probe_rho"], adaptive=h["adaptive"], asam_eta=h["asam_eta"],
                 compute_grad=grads_of_theta, compute_loss=compute_loss, moved=moved,
-                skip_search=skip_search)
+                skip_search=skip_search, max_over_workers=max_over_workers)
         if info.searched and info.probe_losses is not None and not bool(
                 torch.isfinite(info.probe_losses).any()):
             logger.warning("XSAM: every probe loss is non-finite; keeping alpha=%s", self.alpha)
+        if info.at_edge and not self._edge_warned:
+            self._edge_warned = True
+            logger.warning(edge_advice(info.edge, info.alpha, h["alpha_max"],
+                                       h["alpha_expand_probes"], cli=self.cli_names))
         self._prepared = info
         return info
 
@@ -218,6 +238,9 @@ class XSAM(torch.optim.Optimizer):
         self.base_optimizer.load_state_dict(state_dict)
         self.param_groups = self.base_optimizer.param_groups
         self.state = self.base_optimizer.state
+        for group in self.param_groups:  # saved before a setting existed: its default
+            for key in HYPERPARAMETERS:
+                group.setdefault(key, self.defaults[key])
         if search is not None:
             self.search_state = dict(search)
 

@@ -76,6 +76,13 @@ def settings(args, cfg):
     for key, default in DEFAULTS.items():
         given = getattr(args, key, None)
         out[key] = given if given is not None else trained.get(key, default)
+    from fairseq_xsam.core import AUTO, largest_alpha
+    from fairseq_xsam.settings import parse_alpha_max
+
+    out["alpha_max"] = parse_alpha_max(out["alpha_max"], cli=True)  # a config holds a string
+    if out["alpha_max"] == AUTO:  # trained with --alpha-max auto: every α its search can reach
+        out["alpha_max"] = largest_alpha(AUTO, out["alpha_step"],
+                                         trained.get("alpha_expand_probes", 40))
     if out["alpha_step"] > out["alpha_max"]:
         raise SystemExit(f"invalid --alpha-step value: {out['alpha_step']} (allowed: "
                          f"0 < --alpha-step <= --alpha-max = {out['alpha_max']})")

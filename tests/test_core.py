@@ -260,3 +260,193 @@ def test_parameters_restored_when_a_pass_raises():
                               rho=0.2, ascent_steps=1, variant="xsam", alpha=1.0,
                               compute_grad=failing)
     assert torch.equal(theta[0], theta0)
+
+
+# -- the α search's edge and the expanding search (alpha_max='auto') ----------------------------
+
+def plane_quadratic(p, a, c, rho, extra=(0.5, 2.0, 1.0, 3.0)):
+    r"""L(θ) = ½θᵀAθ + bᵀθ in 2 + len(extra) dimensions whose ascent plane is known exactly.
+
+    A = [[a, c], [c, a]] ⊕ diag(extra) and b is chosen so that g_0 = ∇L(θ_0) = p·e_0. With k = 1:
+    u = e_0, g_1 = g_0 + ρA e_0 = (p + ρa)·e_0 + ρc·e_1, so the plane is span(e_0, e_1), the unit
+    vector ⟂ u towards v is w = e_1 (c > 0) and φ = atan2(ρc, p + ρa). On the probe circle
+    θ_0 + ρ'(cos ψ·e_0 + sin ψ·e_1) (ψ = αφ):
+
+        L(ψ) = L(θ_0) + ρ'p cos ψ + ½ρ'²(a + c sin 2ψ)
+
+    and dL/dψ = −ρ'p sin ψ + ρ'²c cos 2ψ = 0 with cos 2ψ = 1 − 2 sin²ψ is a quadratic in sin ψ:
+    2ρ'c s² + p s − ρ'c = 0. Its root in (0, 1/√2], s* = (−p + √(p² + 8ρ'²c²))/(4ρ'c), is the
+    maximum over the whole circle (the other stationary points have cos ψ < 0 or sin 2ψ < 0, so a
+    lower L than ψ* ≥ ψ = 0). Hence α* = asin(s*)/φ in closed form.
+    """
+    n = 2 + len(extra)
+    A = torch.zeros(n, n, dtype=torch.float64)
+    A[:2, :2] = torch.tensor([[a, c], [c, a]], dtype=torch.float64)
+    A[2:, 2:] = torch.diag(torch.tensor(extra, dtype=torch.float64))
+    theta0 = torch.linspace(-0.7, 0.9, n, dtype=torch.float64)
+    g0 = torch.zeros(n, dtype=torch.float64)
+    g0[0] = p
+    b = g0 - A @ theta0
+    phi = math.atan2(rho * c, p + rho * a)
+    return A, b, theta0, phi
+
+
+def closed_form_alpha(p, c, probe_rho, phi):
+    s = (-p + math.sqrt(p * p + 8 * probe_rho ** 2 * c * c)) / (4 * probe_rho * c)
+    return math.asin(s) / phi
+
+
+def search_on(A, b, theta0, rho, probe_rho, grid, expansion=None, loss=None, **kw):
+    """One XSAM update on the quadratic (split into several tensors); counts the probes."""
+    shapes = ((2,), (3,), (1,))
+    theta = split(theta0.clone(), shapes)
+    quad = lambda x: 0.5 * x @ A @ x + b @ x  # noqa: E731
+    loss = loss or quad
+    calls = []
+
+    def compute_loss():
+        calls.append(flat(theta).clone())
+        return loss(flat(theta))
+
+    def compute_grad():
+        return split(A @ flat(theta) + b, shapes)
+
+    info = core.sharpness_update(theta, split(A @ theta0 + b, shapes),
+                                 [torch.empty_like(t) for t in theta], rho=rho, ascent_steps=1,
+                                 variant="xsam", alpha=1.0, search_grid=grid,
+                                 expansion=expansion, probe_rho=probe_rho,
+                                 compute_grad=compute_grad, compute_loss=compute_loss, **kw)
+    assert torch.equal(flat(theta), theta0)
+    return info, calls
+
+
+# (p, a, c, ρ, ρ'): α* = 3.37, 4.06, 2.27 past the default grid's edge; 1.21, 0.99 inside it
+PAST_EDGE = [(1.0, 0.5, 1.0, 0.17, 1.0), (0.5, 0.2, 2.0, 0.04, 0.5), (1.0, 1.0, 1.0, 0.2, 0.5)]
+INSIDE = [(1.0, 0.5, 1.0, 0.6, 1.0), (1.0, 0.5, 1.0, 0.5, 0.5)]
+
+
+@pytest.mark.parametrize("p,a,c,rho,probe_rho", PAST_EDGE)
+def test_expanding_search_lands_within_one_step_of_the_closed_form_maximum(p, a, c, rho,
+                                                                          probe_rho):
+    A, b, theta0, phi = plane_quadratic(p, a, c, rho)
+    expected = closed_form_alpha(p, c, probe_rho, phi)
+    assert 2.1 < expected < 6.0 and expected * phi < math.pi
+    grid, expansion = core.search_plan("auto", 0.1, 40)
+    assert grid == core.alpha_grid(2.0, 0.1) and expansion == core.Expansion(0.1, 40)
+    info, calls = search_on(A, b, theta0, rho, probe_rho, grid, expansion)
+    assert info.searched and abs(info.alpha - expected) < 0.1 + 1e-9, (info.alpha, expected)
+    assert math.isclose(float(info.phi), phi, rel_tol=1e-9)
+    assert not info.at_edge and info.edge is None
+    # it stopped at the first probe whose loss fell: one past α*, no further
+    assert info.probe_alphas[-2] == info.alpha and len(calls) == len(info.probe_alphas)
+    assert info.probe_alphas == [round(0.1 * i, 12) for i in range(len(calls))]
+    assert len(calls) == 21 + round((info.alpha - 2.0) / 0.1) + 1
+    # the probes are where d(α) says, and their losses follow L(ψ) of the closed form
+    psi = torch.tensor(info.probe_alphas, dtype=torch.float64) * phi
+    L0 = float(0.5 * theta0 @ A @ theta0 + b @ theta0)
+    closed = (L0 + probe_rho * p * torch.cos(psi)
+              + 0.5 * probe_rho ** 2 * (a + c * torch.sin(2 * psi)))
+    assert torch.allclose(info.probe_losses, closed, rtol=1e-10, atol=1e-12)
+
+    # the paper's fixed grid stops at 2 and says so
+    fixed, calls = search_on(A, b, theta0, rho, probe_rho, core.alpha_grid(2.0, 0.1))
+    assert fixed.alpha == 2.0 and fixed.at_edge and fixed.edge == core.EDGE_GRID
+    assert len(calls) == 21 and torch.equal(fixed.probe_losses, info.probe_losses[:21])
+
+
+@pytest.mark.parametrize("p,a,c,rho,probe_rho", INSIDE)
+def test_maximum_inside_the_grid_gives_todays_alpha_with_or_without_auto(p, a, c, rho, probe_rho):
+    A, b, theta0, phi = plane_quadratic(p, a, c, rho)
+    expected = closed_form_alpha(p, c, probe_rho, phi)
+    assert 0.1 < expected < 1.9
+    fixed, fixed_calls = search_on(A, b, theta0, rho, probe_rho, core.alpha_grid(2.0, 0.1))
+    auto, auto_calls = search_on(A, b, theta0, rho, probe_rho, *core.search_plan("auto", 0.1, 40))
+    assert abs(fixed.alpha - expected) < 0.1
+    assert auto.alpha == fixed.alpha and not auto.at_edge and not fixed.at_edge
+    assert auto.probe_alphas == fixed.probe_alphas and len(auto_calls) == len(fixed_calls) == 21
+    assert torch.equal(auto.probe_losses, fixed.probe_losses)
+    assert all(torch.equal(x, y) for x, y in zip(auto_calls, fixed_calls))
+
+
+def test_the_other_quadratic_search_agrees_with_and_without_auto():
+    # the diagonal quadratic of test_search_picks_the_maximising_direction_on_a_quadratic
+    H = torch.diag(torch.tensor([10.0, 1.0, 0.1, 1.0, 2.0, 3.0], dtype=torch.float64))
+    theta0 = torch.tensor([0.05, 1.0, 2.0, 0.0, 0.0, 0.0], dtype=torch.float64)
+    zero = torch.zeros(6, dtype=torch.float64)
+    fixed, _ = search_on(H, zero, theta0, 0.5, 1.5, core.alpha_grid(2.0, 0.1))
+    auto, calls = search_on(H, zero, theta0, 0.5, 1.5, *core.search_plan("auto", 0.1, 40))
+    assert 0 < fixed.alpha < 2.0 and auto.alpha == fixed.alpha and len(calls) == 21
+
+
+def rising_to_minus_u(theta0):
+    """A probe loss −⟨θ − θ_0, e_0⟩ = −ρ' cos ψ on the circle: it rises all the way to −u."""
+    return lambda x: -(x - theta0)[0]
+
+
+@pytest.mark.parametrize("probes", [10, 40])
+def test_expansion_respects_the_half_turn_and_the_probe_budget(probes):
+    p, a, c, rho = 1.0, 0.5, 1.0, 1.0
+    A, b, theta0, phi = plane_quadratic(p, a, c, rho)
+    # α·φ ≤ π allows 2.1 … 5.3 (33 extra probes): not near a grid point, so round-off cannot flip it
+    assert 5.3 * phi < math.pi < 5.4 * phi
+    info, calls = search_on(A, b, theta0, rho, 0.3, *core.search_plan("auto", 0.1, probes),
+                            loss=rising_to_minus_u(theta0))
+    extra = min(probes, 33)
+    assert len(calls) == 21 + extra  # forward passes counted at the loss function
+    assert info.alpha == round(2.0 + 0.1 * extra, 12) and info.at_edge
+    assert info.edge == (core.EDGE_PROBES if probes < 33 else core.EDGE_OPPOSITE)
+    assert all(float(((x - theta0).norm())) == pytest.approx(0.3) for x in calls)
+    assert float(torch.stack(calls)[:, 0].min() - theta0[0]) > -0.3  # never past −u
+
+
+def test_half_turn_uses_the_largest_phi_over_workers():
+    p, a, c, rho = 1.0, 0.5, 1.0, 1.0
+    A, b, theta0, phi = plane_quadratic(p, a, c, rho)
+    seen = []
+
+    def other_worker_has_phi_one(local_phi):
+        seen.append(float(local_phi))
+        return torch.maximum(local_phi, torch.ones_like(local_phi))
+
+    info, calls = search_on(A, b, theta0, rho, 0.3, *core.search_plan("auto", 0.1, 40),
+                            loss=rising_to_minus_u(theta0),
+                            max_over_workers=other_worker_has_phi_one)
+    assert seen == [pytest.approx(phi)]
+    # with φ = 1 the half turn allows α ≤ π: 2.1 … 3.1
+    assert len(calls) == 21 + 11 and info.alpha == 3.1 and info.edge == core.EDGE_OPPOSITE
+
+
+@pytest.mark.parametrize("after", [20.0, float("nan"), float("inf"), float("-inf")])
+def test_expansion_stops_at_a_tie_or_a_non_finite_loss(after):
+    A, b, theta0, phi = plane_quadratic(1.0, 0.5, 1.0, 0.17)
+    scripted = [float(i) for i in range(21)] + [after, 99.0]  # rises to α = 2, then `after`
+
+    calls_seen = []
+
+    def loss(x):
+        calls_seen.append(x)
+        return torch.tensor(scripted[len(calls_seen) - 1], dtype=torch.float64)
+
+    info, calls = search_on(A, b, theta0, 0.17, 0.5, core.alpha_grid(2.0, 0.1),
+                            core.Expansion(0.1, 40), loss=loss)
+    # a tie keeps the smaller α; a non-finite loss is no rise: α* = 2 is not the last probe
+    assert info.alpha == 2.0 and len(calls) == 22 and not info.at_edge
+    assert info.probe_alphas[-1] == 2.1
+
+
+@pytest.mark.parametrize("best,n,expansion,next_within,expected", [
+    (20, 21, None, False, core.EDGE_GRID), (19, 21, None, False, None),
+    (0, 1, None, False, core.EDGE_GRID), (None, 21, None, False, None),
+    (30, 31, core.Expansion(0.1, 10), True, core.EDGE_PROBES),
+    (25, 26, core.Expansion(0.1, 10), False, core.EDGE_OPPOSITE),
+    (24, 26, core.Expansion(0.1, 10), True, None)])
+def test_edge_of(best, n, expansion, next_within, expected):
+    assert core.edge_of(best, n, expansion, next_within) == expected
+
+
+def test_search_plan_and_largest_alpha():
+    assert core.search_plan(1.5, 0.5, 40) == ([0.0, 0.5, 1.0, 1.5], None)
+    assert core.largest_alpha(1.5, 0.5, 40) == 1.5
+    assert core.largest_alpha("auto", 0.1, 40) == 6.0
+    assert core.largest_alpha("auto", 0.25, 3) == 2.75
+    assert core.Expansion(0.25, 3).alphas(2.0) == [2.25, 2.5, 2.75, 3.0]

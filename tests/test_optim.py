@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from fairseq_xsam import XSAM
+from test_core import closed_form_alpha, plane_quadratic
 from fairseq_xsam.toy import basin, loss as toy_loss, trajectory
 
 
@@ -189,7 +190,10 @@ def test_step_without_closure_is_an_error_not_a_plain_step():
 
 GOOD = [dict(), dict(variant="fixed", alpha=0.5), dict(variant="sam", ascent_steps=3),
         dict(variant="lsam+", adaptive=True, asam_eta=0.0), dict(search_every="epoch"),
-        dict(search_every=0, alpha=2.0), dict(alpha_max=1.0, alpha_step=1.0)]
+        dict(search_every=0, alpha=2.0), dict(alpha_max=1.0, alpha_step=1.0),
+        dict(alpha_max="auto"), dict(alpha_max=" Auto ", alpha=6.0),
+        dict(alpha_max="auto", alpha_step=0.25, alpha_expand_probes=2, alpha=2.5),
+        dict(alpha_max="3", alpha=3.0)]
 
 BAD = [
     (dict(rho=0.0), "Invalid rho value: 0.0 (allowed: rho > 0)"),
@@ -206,6 +210,17 @@ BAD = [
     (dict(search_every="weekly"), "Invalid search_every value: 'weekly'"),
     (dict(variant="fixed", search_every=5), "only 'xsam' searches"),
     (dict(asam_eta=-0.1), "Invalid asam_eta value"),
+    (dict(alpha_max="wide"), "Invalid alpha_max value: 'wide' (allowed: a number > 0, or 'auto')"),
+    (dict(alpha_max=float("inf")), "Invalid alpha_max value: inf"),
+    (dict(alpha_max=True), "Invalid alpha_max value: True"),
+    (dict(alpha_max="auto", alpha_expand_probes=0),
+     "Invalid alpha_expand_probes value: 0 (allowed: an integer >= 1)"),
+    (dict(alpha_max="auto", alpha_expand_probes=2.5), "Invalid alpha_expand_probes value: 2.5"),
+    (dict(alpha_max="auto", alpha_step=2.5),
+     "Invalid alpha_step value: 2.5 (allowed: 0 < alpha_step <= 2.0, the grid of alpha_max auto)"),
+    (dict(alpha_max="auto", alpha=6.5),
+     "Invalid alpha value: 6.5 (allowed: 0 <= alpha <= 6 = 2 + alpha_expand_probes x alpha_step "
+     "with alpha_max auto)"),
 ]
 
 
@@ -245,3 +260,80 @@ def test_two_d_function_xsam_finds_the_flat_minimum():
     assert basin(xsam[-1]) == "flat"
     assert float(xsam[-1][0]) > 0.0 > float(sam[-1][0])
     assert all(torch.isfinite(toy_loss(p)) for p in (sgd[-1], sam[-1], xsam[-1]))
+
+
+# -- the α search's edge and alpha_max='auto' through the class ------------------------------------
+
+def quadratic_problem(p=1.0, a=0.5, c=1.0, rho=0.17):
+    """The quadratic of tests/test_core.py whose probe-circle maximum is known in closed form."""
+    A, b, theta0, phi = plane_quadratic(p, a, c, rho)
+    theta = torch.nn.Parameter(theta0.clone())
+    return theta, (lambda: 0.5 * theta @ A @ theta + b @ theta), phi
+
+
+def test_auto_finds_the_closed_form_alpha_and_the_default_grid_warns_once(caplog):
+    probe_rho = 1.0
+    expected = closed_form_alpha(1.0, 1.0, probe_rho, quadratic_problem()[2])  # 3.37
+    theta, closure, _ = quadratic_problem()
+    auto = XSAM([theta], torch.optim.SGD, rho=0.17, probe_rho=probe_rho, alpha_max="auto",
+                search_every=1, lr=0.0)
+    infos = []
+    original = auto.sharpness_gradient
+    auto.sharpness_gradient = lambda *a, **k: infos.append(original(*a, **k)) or infos[-1]
+    with caplog.at_level("WARNING", logger="fairseq_xsam.optim"):
+        auto.step(closure)
+    assert abs(auto.alpha - expected) < 0.1 and not infos[0].at_edge and not caplog.records
+    assert auto.param_groups[0]["alpha_max"] == "auto"
+
+    theta, closure, _ = quadratic_problem()
+    fixed = XSAM([theta], torch.optim.SGD, rho=0.17, probe_rho=probe_rho, search_every=1, lr=0.0)
+    infos.clear()
+    original = fixed.sharpness_gradient
+    fixed.sharpness_gradient = lambda *a, **k: infos.append(original(*a, **k)) or infos[-1]
+    with caplog.at_level("WARNING", logger="fairseq_xsam.optim"):
+        for _ in range(3):
+            fixed.step(closure)
+    assert fixed.alpha == 2.0 and [i.at_edge for i in infos] == [True] * 3
+    assert [i.edge for i in infos] == ["grid"] * 3
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1, warnings  # once per run
+    assert "alpha=2" in warnings[0] and "alpha_max auto" in warnings[0]
+    assert "--" not in warnings[0] and "probe_rho" in warnings[0]
+
+
+def test_auto_out_of_probes_names_the_budget_option(caplog):
+    theta, closure, _ = quadratic_problem()
+    opt = XSAM([theta], torch.optim.SGD, rho=0.17, probe_rho=1.0, alpha_max="auto",
+               alpha_expand_probes=5, search_every=1, lr=0.0)
+    with caplog.at_level("WARNING", logger="fairseq_xsam.optim"):
+        opt.step(closure)
+    assert opt.alpha == 2.5
+    assert len(caplog.records) == 1
+    assert "raise alpha_expand_probes" in caplog.records[0].getMessage()
+
+
+def test_auto_state_dict_round_trip_and_a_state_dict_saved_before_auto_existed():
+    model, closure = make_problem()
+    opt = XSAM(model.parameters(), torch.optim.AdamW, alpha_max="auto", alpha_expand_probes=7,
+               search_every=2, lr=0.01)
+    for _ in range(3):
+        opt.step(closure)
+    saved = copy.deepcopy(opt.state_dict())
+    assert saved["param_groups"][0]["alpha_max"] == "auto"
+    assert saved["param_groups"][0]["alpha_expand_probes"] == 7
+    model2, _ = make_problem()
+    opt2 = XSAM(model2.parameters(), torch.optim.AdamW, search_every=2, lr=0.01)
+    opt2.load_state_dict(saved)  # like torch: the saved groups' settings come back
+    assert opt2.hyper["alpha_max"] == "auto" and opt2.hyper["alpha_expand_probes"] == 7
+
+    # a state dict from before alpha_expand_probes existed: its groups lack the key
+    old = copy.deepcopy(saved)
+    for group in old["param_groups"]:
+        group["alpha_max"] = 2.0
+        del group["alpha_expand_probes"]
+    model3, closure3 = make_problem()
+    opt3 = XSAM(model3.parameters(), torch.optim.AdamW, search_every=2, lr=0.01)
+    opt3.load_state_dict(old)
+    assert opt3.hyper["alpha_expand_probes"] == 40 and opt3.alpha == saved["xsam"]["alpha"]
+    opt3.step(closure3)
+    assert opt3.search_state["step"] == 4 and torch.isfinite(params_of(model3)).all()

@@ -16,14 +16,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMING = re.compile(r"(wps|ups|wall|train_wall|gb_free)=[^,\s]+,?\s?")
 
 
-def command(data, save_dir):
+def command(data, save_dir, extra=()):
     return [sys.executable, os.path.join(ROOT, "tests", "pause_worker.py"), data,
             "--user-dir", os.path.join(ROOT, "fairseq_xsam"), "--task", "translation", "--cpu",
             *TINY_ARCH, "--optimizer", "xsam_adamw", "--alpha-search", "3", "--lr", "2e-3",
             "--dropout", "0.1", "--criterion", "label_smoothed_cross_entropy",
             "--label-smoothing", "0.1", "--max-tokens", "500", "--seed", "3", "--max-epoch", "4",
             "--save-dir", save_dir, "--save-interval-updates", "2", "--no-progress-bar",
-            "--log-format", "simple", "--log-interval", "1", "--num-workers", "0"]
+            "--log-format", "simple", "--log-interval", "1", "--num-workers", "0", *extra]
 
 
 def per_update(log):
@@ -38,10 +38,17 @@ def per_update(log):
 
 
 def test_sigkill_after_a_checkpoint_then_resume_is_bit_exact(tmp_path):
+    sigkill_then_resume_is_bit_exact(tmp_path)
+
+
+def sigkill_then_resume_is_bit_exact(tmp_path, extra=(), before_resume=None):
+    """Runs the check with ``extra`` fairseq-train options (``before_resume(save_dir)`` may edit
+    the killed run's checkpoint); returns the uninterrupted run's per-update lines and α
+    searches (see :func:`per_update`)."""
     data = make_corpus(str(tmp_path / "corpus"))
     env = dict(os.environ, OMP_NUM_THREADS="1", XSAM_PAUSE_AT="-1",
                XSAM_PAUSE_MARKER=str(tmp_path / "paused"))
-    whole = subprocess.run(command(data, str(tmp_path / "whole")), capture_output=True,
+    whole = subprocess.run(command(data, str(tmp_path / "whole"), extra), capture_output=True,
                            text=True, env=env, timeout=300)
     assert whole.returncode == 0, whole.stderr[-3000:]
 
@@ -52,8 +59,8 @@ def test_sigkill_after_a_checkpoint_then_resume_is_bit_exact(tmp_path):
     env["XSAM_PAUSE_AT"] = "2"
     log_path = tmp_path / "killed.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(command(data, save), stdout=log, stderr=subprocess.STDOUT,
-                                env=env)
+        proc = subprocess.Popen(command(data, save, extra), stdout=log,
+                                stderr=subprocess.STDOUT, env=env)
         deadline = time.time() + 300
         while not (tmp_path / "paused").exists():
             assert proc.poll() is None and time.time() < deadline, open(log_path).read()[-3000:]
@@ -62,7 +69,9 @@ def test_sigkill_after_a_checkpoint_then_resume_is_bit_exact(tmp_path):
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
     env["XSAM_PAUSE_AT"] = "-1"
-    resumed = subprocess.run(command(data, save), capture_output=True, text=True, env=env,
+    if before_resume is not None:
+        before_resume(save)
+    resumed = subprocess.run(command(data, save, extra), capture_output=True, text=True, env=env,
                              timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "checkpoint_last.pt (epoch 1 @ 2 updates)" in resumed.stdout + resumed.stderr
@@ -87,3 +96,4 @@ def test_sigkill_after_a_checkpoint_then_resume_is_bit_exact(tmp_path):
     assert sa["xsam"] == sb["xsam"]
     assert all(torch.equal(sa["state"][i][k], sb["state"][i][k])
                for i in sa["state"] for k in ("exp_avg", "exp_avg_sq"))
+    return w_lines, w_search

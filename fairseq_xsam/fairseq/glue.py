@@ -48,6 +48,12 @@ from .. import core
 
 logger = logging.getLogger(__name__)
 
+#: Appended to a search's log line when α* is its last probe (a report parser keys on the prefix
+#: " [at the grid's edge"); the rest says what bounded the search (core.edge_of).
+EDGE_NOTES = {core.EDGE_GRID: " [at the grid's edge]",
+              core.EDGE_PROBES: " [at the grid's edge: --alpha-expand-probes used up]",
+              core.EDGE_OPPOSITE: " [at the grid's edge: alpha*phi reached pi]"}
+
 
 @dataclass
 class MicroBatch:
@@ -241,7 +247,8 @@ class TrainerGlue:
         try:
             info = self.xsam.sharpness_gradient(
                 self._gradient, self._loss, precision.moved,
-                skip_search=self._degenerate_everywhere if self.local else bool)
+                skip_search=self._degenerate_everywhere if self.local else bool,
+                max_over_workers=self._max_over_workers if self.local else lambda t: t)
         finally:
             utils.set_rng_state(after_first_pass)
         if self.local:
@@ -274,6 +281,14 @@ class TrainerGlue:
         count = distributed_utils.all_reduce(degenerate.float().reshape(1),
                                              group=self.trainer.data_parallel_process_group)
         return bool(count.item() == self.trainer.data_parallel_world_size)
+
+    def _max_over_workers(self, value: torch.Tensor) -> torch.Tensor:
+        """Local ascent: each worker has its own φ; the π cap of --alpha-max auto uses the
+        largest, so every worker probes the same α's."""
+        out = value.detach().float().reshape(1).clone()
+        distributed_utils.all_reduce(out, group=self.trainer.data_parallel_process_group,
+                                     op="max")
+        return out.reshape(()).to(value.dtype)
 
     def _average_grads(self) -> None:
         """Local ascent: the workers' descent gradients (fp32, true units) → their mean."""
@@ -327,9 +342,12 @@ class TrainerGlue:
             finite = info.probe_losses[torch.isfinite(info.probe_losses)]
             if finite.numel():
                 metrics.log_scalar("xsam_probe_max", finite.max(), priority=830, round=3)
-            logger.info("XSAM alpha search at update %d: alpha=%.2f (probe losses %s)",
+            metrics.log_scalar("xsam_alpha_at_edge", float(bool(info.at_edge)), priority=840,
+                               round=2)
+            logger.info("XSAM alpha search at update %d: alpha=%.2f (probe losses %s)%s",
                         self.trainer.get_num_updates() + 1, info.alpha,
-                        " ".join(f"{x:.4f}" for x in info.probe_losses.tolist()))
+                        " ".join(f"{x:.4f}" for x in info.probe_losses.tolist()),
+                        EDGE_NOTES.get(info.edge, ""))
 
 
 def attach(trainer) -> None:

@@ -32,11 +32,18 @@ class XSAMAdamWConfig(FairseqAdamConfig):
         "help": "descent direction: " + ", ".join(VARIANTS) + " (xsam searches alpha; fixed uses "
                 "--alpha; sam/msam/msam+/lsam/lsam+ are the paper's baselines)"})
     alpha: float = field(default=1.0, metadata={
-        "help": "interpolation factor alpha in [0, --alpha-max]: fixed for --sam-variant fixed, "
+        "help": "interpolation factor alpha in [0, --alpha-max] (auto: up to 2 + "
+                "--alpha-expand-probes x --alpha-step): fixed for --sam-variant fixed, "
                 "initial value for xsam (1 = SAM's direction, 0 = the ascent direction)"})
-    alpha_max: float = field(default=2.0, metadata={"help": "largest alpha searched (> 0)"})
+    alpha_max: str = field(default="2.0", metadata={
+        "help": "largest alpha searched (> 0), or 'auto': search 0..2, then, while the loss "
+                "still rises, go on in steps of --alpha-step up to the direction opposite the "
+                "ascent (alpha*phi <= pi) and at most --alpha-expand-probes extra probes"})
     alpha_step: float = field(default=0.1, metadata={
         "help": "alpha grid step, 0 < step <= --alpha-max (0.1 and 2.0 give 21 probes)"})
+    alpha_expand_probes: int = field(default=40, metadata={
+        "help": "--alpha-max auto: the most extra probes (forward passes) past alpha = 2 per "
+                "search, >= 1 (40 with step 0.1 reach alpha = 6)"})
     alpha_search: Optional[str] = field(default=None, metadata={
         "help": "when to search alpha: 'epoch' (first update of every epoch; default for xsam), "
                 "'never' (default for the other variants), or N = every N updates"})
@@ -65,7 +72,8 @@ class XSAMAdamW(FairseqOptimizer):
                               ascent_steps=cfg.ascent_steps, variant=cfg.sam_variant,
                               alpha=cfg.alpha, alpha_max=cfg.alpha_max,
                               alpha_step=cfg.alpha_step, search=cfg.alpha_search,
-                              adaptive=cfg.adaptive, asam_eta=cfg.asam_eta, cli=True)
+                              adaptive=cfg.adaptive, asam_eta=cfg.asam_eta,
+                              alpha_expand_probes=cfg.alpha_expand_probes, cli=True)
         if getattr(cfg, "fp16_adam_stats", False):
             raise ValueError("--fp16-adam-stats is not supported by --optimizer xsam_adamw "
                              "(allowed: leave it off)")
@@ -76,7 +84,9 @@ class XSAMAdamW(FairseqOptimizer):
             params, base, rho=cfg.rho, probe_rho=cfg.probe_rho, ascent_steps=cfg.ascent_steps,
             variant=cfg.sam_variant, alpha=cfg.alpha, alpha_max=cfg.alpha_max,
             alpha_step=cfg.alpha_step, search_every=self.schedule, adaptive=cfg.adaptive,
-            asam_eta=cfg.asam_eta, **self.optimizer_config)
+            asam_eta=cfg.asam_eta, alpha_expand_probes=cfg.alpha_expand_probes,
+            **self.optimizer_config)
+        self._optimizer.cli_names = True
 
     optimizer_config = FairseqAdam.optimizer_config
 
