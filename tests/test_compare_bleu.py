@@ -155,3 +155,130 @@ def test_single_seed_shows_no_std(tmp_path):
                      "| optimizer | n |")[run.name.split("-seed")[0]]
     value = json.loads((run / "eval" / "bleu.json").read_text())["tokenized_bleu"]
     assert row[1] == "1" and row[2] == f"{value:.2f}"
+
+
+# ----------------------------------------------------------------------------- several test sets
+
+WORDS = "a man woman dog cat runs sits on the in park street red blue with two young old".split()
+TEST_SETS = {"test2016_flickr": 40, "test2017_mscoco": 25}
+
+
+def _sentence(rng, n):
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+def make_multi_runs(root: Path):
+    """Runs in the Multi30k recipe's layout: 2 seeds of adamw/sam/xsam, two test sets, raw
+    references in root/refs, hypotheses = references with words dropped (more for adamw)."""
+    import random
+
+    import sacrebleu
+
+    refs_dir = root / "refs"
+    refs_dir.mkdir()
+    refs = {}
+    for name, n in TEST_SETS.items():
+        rng = random.Random(name)
+        refs[name] = [_sentence(rng, rng.randint(5, 12)) for _ in range(n)]
+        stem = name.replace("test2016", "test_2016").replace("test2017", "test_2017")
+        (refs_dir / f"{stem}.en").write_text("\n".join(refs[name]) + "\n")
+    runs = []
+    for seed in (1, 2):
+        for lab, drop in (("adamw", 0.3), ("sam", 0.2), ("xsam", 0.1)):
+            run = root / f"{lab}-seed{seed}"
+            (run / "eval").mkdir(parents=True)
+            bleu = {}
+            for name, lines in refs.items():
+                rng = random.Random(f"{lab}{seed}{name}")
+                hyps = [" ".join(w for w in l.split() if rng.random() > drop) for l in lines]
+                (run / "eval" / f"{name}.hyp.en").write_text("\n".join(hyps) + "\n")
+                stem = name.replace("test2016", "test_2016").replace("test2017", "test_2017")
+                score = sacrebleu.corpus_bleu(hyps, [lines])
+                bleu[name] = {"sacrebleu": round(score.score, 2), "signature": "sig",
+                              "tokenized_bleu": round(score.score - 1, 2),
+                              "hypotheses": len(hyps), "references": len(lines),
+                              "hypothesis_file": f"{name}.hyp.en",
+                              "reference_file": f"data/multi30k/{stem}.en"}
+            (run / "eval" / "bleu.json").write_text(json.dumps(bleu))
+            log = [f"epoch 001 | valid on 'valid' subset | loss {5 - drop} | num_updates 10",
+                   f"| train | epoch 001 | loss 5 | num_updates 10 | train_wall {10 * (1 + seed)}"]
+            if lab == "xsam":
+                log += ["XSAM alpha search at update 1: alpha=2.00 (probe losses 1.0 2.0 nan "
+                        "3.0)", "XSAM alpha search at update 11: alpha=0.50 (probe losses 1.0 "
+                        "4.0 2.0 4.0)"]
+            (run / "train.log").write_text("\n".join(log) + "\n")
+            (run / "command.txt").write_text(f"train {lab} --seed {seed}\n")
+            runs.append(run)
+    return runs, refs_dir
+
+
+@pytest.fixture(scope="module")
+def multi(tmp_path_factory):
+    root = tmp_path_factory.mktemp("multi")
+    runs, refs = make_multi_runs(root)
+    result = run_script(*runs, "--out", root / "out", "--refs", refs, "--rescore",
+                        "--bootstrap", "200")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return runs, refs, (root / "out" / "report.md").read_text(), root
+
+
+def test_multi_test_set_columns_are_mean_and_sample_std(multi):
+    runs, _, text, _ = multi
+    for key, header in (("sacrebleu", "## sacreBLEU"), ("tokenized_bleu", "## tokenized")):
+        section = text[text.index(header):]
+        rows = table_rows(section, "| optimizer | test2016_flickr")
+        for lab in ("adamw", "sam", "xsam"):
+            for col, name in enumerate(TEST_SETS, 1):
+                vals = [json.loads((r / "eval" / "bleu.json").read_text())[name][key]
+                        for r in runs if r.name.startswith(lab + "-")]
+                assert rows[lab][col] == (f"{statistics.mean(vals):.2f} ± "
+                                          f"{statistics.stdev(vals):.2f} (n=2)")
+
+
+def test_paired_bootstrap_equals_sacrebleu_cli(multi):
+    runs, refs, _, root = multi
+    result = run_script(*runs, "--out", root / "out1000", "--refs", refs)
+    text = (root / "out1000" / "report.md").read_text()
+    row = next(l for l in text.splitlines() if l.startswith("| xsam vs sam | 2 | test2017_mscoco"))
+    p_report = float(row.strip("|").split("|")[-1])
+    cli = subprocess.run([sys.executable, "-m", "sacrebleu", str(refs / "test_2017_mscoco.en"),
+                          "-i", str(root / "sam-seed2" / "eval" / "test2017_mscoco.hyp.en"),
+                          str(root / "xsam-seed2" / "eval" / "test2017_mscoco.hyp.en"),
+                          "--paired-bs", "-f", "text"], capture_output=True, text=True)
+    assert cli.returncode == 0, cli.stderr
+    m = re.search(r"xsam-seed2.*?\(p = ([0-9.]+)\)", cli.stdout.replace("\n", " ")) or \
+        re.search(r"\(p = ([0-9.]+)\)", cli.stdout)
+    assert m, cli.stdout
+    assert p_report == pytest.approx(float(m.group(1)), abs=1e-4)
+    assert result.returncode == 0
+    pairs = {tuple(l.split("|")[1:4]) for l in text.splitlines() if l.startswith("| xsam vs")}
+    assert len(pairs) == 2 * 2 * 2  # (xsam vs sam, xsam vs adamw) x 2 seeds x 2 test sets
+
+
+def test_edge_pinned_searches_cost_and_rescore(multi):
+    runs, refs, text, root = multi
+    # probes 1 2 nan 3: the finite maximum is the last probe; 1 4 2 4: the first maximum wins
+    assert "- xsam-seed1: 1: 2.00*, 11: 0.50" in text and "2 of 4 searches" in text
+    assert compare_bleu_module().edge_pinned([1.0, float("inf"), 0.5]) is False
+    rows = table_rows(text[text.index("## Cost"):], "| optimizer | runs")
+    assert rows["adamw"][4] == f"{statistics.mean([10 / 20, 10 / 30]):.2f} ± " \
+                               f"{statistics.stdev([10 / 20, 10 / 30]):.2f}"
+    assert "Rescored: 12 hypothesis files against the raw references (12 equal" in text
+    hyp = root / "xsam-seed1" / "eval" / "test2016_flickr.hyp.en"
+    saved = hyp.read_text()
+    hyp.write_text(saved.replace("a", "the", 3))
+    try:
+        bad = run_script(*runs, "--rescore", "--refs", refs)
+    finally:
+        hyp.write_text(saved)
+    assert bad.returncode != 0 and "1 of 12 hypothesis files do not reproduce" in bad.stderr
+    assert "xsam-seed1 test2016_flickr" in bad.stdout and "DIFFERENT" in bad.stdout
+
+
+def compare_bleu_module():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import compare_bleu
+    finally:
+        sys.path.pop(0)
+    return compare_bleu

@@ -16,5 +16,5 @@
 # Writes <run>/eval/generate-test.txt and <run>/eval/bleu.json.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-source "$here/python.sh"
+source "$here/../python.sh"
 exec "$PYTHON" "$here/recipe.py" evaluate "$@"

@@ -47,6 +47,9 @@ import urllib.request
 
 from sacremoses import MosesTokenizer
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import common  # noqa: E402  (recipes/common.py: SentencePiece, fairseq-preprocess)
+
 SRC_LANG, TGT_LANG = "de", "en"
 LANGS = (SRC_LANG, TGT_LANG)
 PAIR = "de-en"
@@ -448,46 +451,21 @@ def apply_bpe_file(codes_path, in_path, out_path):
 
 
 def train_sentencepiece(train_path, model_prefix, vocab_size, workers=1):
-    import sentencepiece as spm
-
     try:
-        spm.SentencePieceTrainer.train(
-            input=train_path,
-            model_prefix=model_prefix,
-            vocab_size=vocab_size,
-            model_type="bpe",
-            character_coverage=1.0,
-            normalization_rule_name="identity",
-            num_threads=max(1, workers),
-            minloglevel=2,
-        )
-    except (RuntimeError, OSError) as e:
-        msg = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
-        raise PrepareError(
-            "sentencepiece training failed (try a smaller --bpe-tokens): %s" % msg
-        ) from None
-    return model_prefix + ".model"
+        return common.train_sentencepiece(train_path, model_prefix, vocab_size, workers)
+    except ValueError as e:
+        raise PrepareError(str(e).replace("vocabulary", "--bpe-tokens")) from None
 
 
 def apply_sentencepiece_file(model_path, in_path, out_path):
-    import sentencepiece as spm
-
-    sp = spm.SentencePieceProcessor(model_file=model_path)
-    lines = read_lines(in_path)
-    write_lines(out_path, [" ".join(p) for p in sp.encode(lines, out_type=str)])
+    write_lines(out_path, common.encode_sentencepiece(model_path, read_lines(in_path)))
 
 
 def binarize(prep_dir, dest_dir, workers=1):
     """fairseq-preprocess --source-lang de --target-lang en, separate dictionaries."""
-    cmd = [
-        sys.executable, "-m", "fairseq_cli.preprocess",
-        "--source-lang", SRC_LANG, "--target-lang", TGT_LANG,
-        "--trainpref", os.path.join(prep_dir, "train"),
-        "--validpref", os.path.join(prep_dir, "valid"),
-        "--testpref", os.path.join(prep_dir, "test"),
-        "--destdir", dest_dir,
-        "--workers", str(workers),
-    ]  # fmt: skip
+    cmd = common.preprocess_command(
+        SRC_LANG, TGT_LANG, os.path.join(prep_dir, "train"), os.path.join(prep_dir, "valid"),
+        [os.path.join(prep_dir, "test")], dest_dir, workers)
     log("fairseq-preprocess -> %s" % dest_dir)
     try:
         r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

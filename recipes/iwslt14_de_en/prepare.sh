@@ -8,5 +8,5 @@
 # Python: $PYTHON if set, else the repository's .venv/bin/python if present, else python3.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-source "$here/python.sh"
+source "$here/../python.sh"
 exec "$PYTHON" "$here/prepare.py" "$@"

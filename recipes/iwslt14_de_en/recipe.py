@@ -31,25 +31,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import re
-import shlex
-import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent.parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
+for _path in (HERE, HERE.parent):  # prepare.py next to this file; recipes/common.py
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+import common  # noqa: E402  (what the recipes share: commands, run layout, scoring)
 import prepare  # noqa: E402  (prepare.py next to this file: the test set's files and clean-up)
-USER_DIR = ROOT / "fairseq_xsam"
+from common import (OPTIMIZERS, average_checkpoints, check_complete,  # noqa: E402,F401
+                    dataset_size, last_epoch_checkpoints, parse_generate, run_dir,
+                    sacrebleu_score, shell_join, to_flags, to_hydra)
+
+ROOT = common.ROOT
+USER_DIR = common.USER_DIR
 CONFIG_DIR = HERE / "config"
 DEFAULT_DATA = "data-bin/iwslt14.tokenized.de-en"
 DEFAULT_RUNS = "runs/iwslt14_de_en"
-OPTIMIZERS = ("adamw", "sam", "xsam", "fixed", "msam", "msam+", "lsam", "lsam+")
 IWSLT14_TEST_SENTENCES = 6750
 # fairseq's prepare-iwslt14.sh builds the test set from these files, in this order.
 IWSLT14_TEST_XML = prepare.TEST_SETS
@@ -96,11 +97,6 @@ HYPERPARAMETERS: List[Tuple[str, str, object, str]] = [
     ("common", "seed", 1, "recipe"),
 ]
 
-NAME_FLAGS = {"task": "--task", "model": "--arch", "optimizer": "--optimizer",
-              "lr_scheduler": "--lr-scheduler", "criterion": "--criterion"}
-CONST_FLAGS = {("task", "eval_bleu_remove_bpe"): "@@ "}  # flags whose bare form means this value
-
-
 # ----------------------------------------------------------------------------- settings
 
 def train_settings(opt: str, *, seed: int = 1, rho: Optional[float] = None,
@@ -110,179 +106,29 @@ def train_settings(opt: str, *, seed: int = 1, rho: Optional[float] = None,
                    fp16: bool = True, cpu: bool = False, eval_bleu: bool = True,
                    ) -> List[Tuple[str, str, object]]:
     """The ordered (group, field, value) settings of one run of ``train OPT``."""
-    if opt not in OPTIMIZERS:
-        raise ValueError(f"Invalid OPT value: {opt!r} (allowed: {', '.join(OPTIMIZERS)})")
-    table: Dict[Tuple[str, str], object] = {}
-    for group, key, value, source in HYPERPARAMETERS:
-        if source in ("xsam", "xsam-search") and opt == "adamw":
-            continue
-        if source == "xsam-search" and opt != "xsam":
-            continue
-        if source == "eval_bleu" and not eval_bleu:
-            continue
-        table[(group, key)] = opt if value == "<OPT>" else value
-    over = {("optimizer", "rho"): rho, ("optimizer", "probe_rho"): probe_rho,
-            ("optimizer", "alpha"): alpha, ("optimizer", "ascent_steps"): ascent_steps,
-            ("optimizer", "alpha_search"): alpha_search,
-            ("optimization", "max_epoch"): max_epoch,
-            ("checkpoint", "keep_last_epochs"): keep_last_epochs, ("common", "seed"): seed}
-    for (group, key), value in over.items():
-        if value is None:
-            continue
-        if group == "optimizer" and opt == "adamw":
-            raise ValueError(f"--{key.replace('_', '-')} is an XSAM option: it does not apply to "
-                             "OPT adamw (allowed: sam, xsam, fixed, msam, msam+, lsam, lsam+)")
-        table[(group, key)] = value
+    table = common.select_rows(HYPERPARAMETERS, opt,
+                               skip=lambda source: source == "eval_bleu" and not eval_bleu)
+    common.apply_overrides(table, opt, {
+        ("optimizer", "rho"): rho, ("optimizer", "probe_rho"): probe_rho,
+        ("optimizer", "alpha"): alpha, ("optimizer", "ascent_steps"): ascent_steps,
+        ("optimizer", "alpha_search"): alpha_search, ("optimization", "max_epoch"): max_epoch,
+        ("checkpoint", "keep_last_epochs"): keep_last_epochs, ("common", "seed"): seed})
     table[("common", "fp16")] = bool(fp16 and not cpu)
     if cpu:
         table[("common", "cpu")] = True
     return [(g, k, v) for (g, k), v in table.items()]
 
 
-def _number(value) -> str:
-    return repr(value) if isinstance(value, float) else str(value)
-
-
-def to_flags(settings) -> List[str]:
-    """fairseq-train command-line flags for the settings (False booleans are left out)."""
-    out: List[str] = []
-    for group, key, value in settings:
-        if key == "_name":
-            out += [NAME_FLAGS[group], str(value)]
-            continue
-        flag = "--" + key.replace("_", "-")
-        if CONST_FLAGS.get((group, key)) == value or value is True:
-            out.append(flag)
-        elif value is False or value is None:
-            continue
-        elif isinstance(value, list):
-            out += [flag, ",".join(_number(v) for v in value)]
-        else:
-            out += [flag, _number(value)]
-    return out
-
-
-def to_hydra(settings) -> Dict[str, Dict[str, object]]:
-    """The hydra config ({group: {field: value}}) for the settings."""
-    cfg: Dict[str, Dict[str, object]] = {}
-    for group, key, value in settings:
-        cfg.setdefault(group, {})[key] = value
-    return cfg
-
-
-# ----------------------------------------------------------------------------- commands
-
 def train_command(opt: str, seed: int, data: str, save_dir: str, extra: Sequence[str] = (),
                   python: str = sys.executable, **options) -> List[str]:
-    settings = train_settings(opt, seed=seed, **options)
-    return [python, "-m", "fairseq_cli.train", str(data), "--user-dir", str(USER_DIR),
-            *to_flags(settings), "--save-dir", str(save_dir), *extra]
+    return common.train_command(train_settings(opt, seed=seed, **options), data, save_dir,
+                                extra, python)
 
 
 def generate_command(data: str, checkpoint: str, results: str, *, batch_size: int = 128,
-                     beam: int = 5, cpu: bool = False, subset: str = "test",
-                     extra: Sequence[str] = (), python: str = sys.executable) -> List[str]:
-    return [python, "-m", "fairseq_cli.generate", str(data), "--user-dir", str(USER_DIR),
-            "--path", str(checkpoint), "--gen-subset", subset, "--beam", str(beam),
-            "--batch-size", str(batch_size), "--remove-bpe", "--required-batch-size-multiple", "1",
-            "--results-path", str(results), *(["--cpu"] if cpu else []), *extra]
-
-
-def run_dir(runs: str, opt: str, seed: int) -> Path:
-    return Path(runs) / f"{opt}-seed{seed}"
-
-
-def shell_join(command: Sequence[str]) -> str:
-    return " ".join(shlex.quote(str(c)) for c in command)
-
-
-def run_tee(command: Sequence[str], log: Path, env: Optional[dict] = None) -> int:
-    """Runs the command with stdout+stderr appended to ``log`` and echoed live."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1",
-           **(env or {})}
-    with open(log, "a", buffering=1) as out:
-        proc = subprocess.Popen(list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, env=env, bufsize=1)
-        for line in proc.stdout:
-            out.write(line)
-            sys.stdout.write(line)
-            sys.stdout.flush()
-        return proc.wait()
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-def last_epoch_checkpoints(folder, n: int) -> List[Path]:
-    """The n checkpoints ``checkpoint<EPOCH>.pt`` of the highest epochs, newest first."""
-    found = []
-    for path in Path(folder).iterdir():
-        m = re.fullmatch(r"checkpoint(\d+)\.pt", path.name)
-        if m:
-            found.append((int(m.group(1)), path))
-    if len(found) < n:
-        raise SystemExit(f"--average-last {n}: {folder} holds {len(found)} epoch checkpoints "
-                         f"(checkpoint<N>.pt); need at least {n}")
-    return [p for _, p in sorted(found, reverse=True)[:n]]
-
-
-def average_checkpoints(paths: Sequence, output) -> Path:
-    """Averages the model weights of the checkpoints like fairseq's
-    ``scripts/average_checkpoints.py`` (which the fairseq-fixed wheel does not ship): the other
-    entries come from the first checkpoint; sums are taken in float64 and cast back to each
-    tensor's dtype; integer tensors (buffers) are floor-divided."""
-    import torch
-
-    state, sums, keys = None, {}, None
-    for path in paths:
-        loaded = torch.load(path, map_location="cpu", weights_only=False)
-        model = loaded["model"]
-        if keys is None:
-            state, keys = loaded, list(model)
-        elif list(model) != keys:
-            raise SystemExit(f"{path}: its parameters differ from those of {paths[0]}")
-        for key in keys:
-            t = model[key]
-            acc = t.detach().to(torch.float64 if t.is_floating_point() else torch.int64)
-            sums[key] = acc.clone() if key not in sums else sums[key] + acc
-    n = len(paths)
-    state["model"] = {k: ((s / n) if state["model"][k].is_floating_point()
-                          else torch.div(s, n, rounding_mode="floor")).to(state["model"][k].dtype)
-                      for k, s in sums.items()}
-    output = Path(output)
-    torch.save(state, output)
-    return output
-
-
-# ----------------------------------------------------------------------------- parsing
-
-def parse_generate(text: str) -> dict:
-    """Hypotheses, references (by sentence id) and the 'BLEU4 = x' score of fairseq-generate."""
-    hyps, refs = {}, {}
-    bleu = None
-    for line in text.splitlines():
-        if line.startswith("H-"):
-            sid, _score, *hyp = line.split("\t")
-            hyps[int(sid[2:])] = hyp[0] if hyp else ""
-        elif line.startswith("T-"):
-            sid, *ref = line.split("\t")
-            refs[int(sid[2:])] = ref[0] if ref else ""
-        m = re.search(r"Generate \S+ with beam=\d+: BLEU4? = ([0-9.]+)", line)
-        if m:
-            bleu = float(m.group(1))
-    return {"hyps": hyps, "refs": refs, "bleu": bleu}
-
-
-def check_complete(parsed: dict, expected: int) -> List[int]:
-    """The sentence ids 0..expected-1, or SystemExit if any hypothesis, reference or the BLEU
-    line is missing (fairseq's --required-batch-size-multiple > 1 silently drops sentences)."""
-    ids = sorted(parsed["hyps"])
-    if ids != list(range(expected)) or sorted(parsed["refs"]) != ids:
-        raise SystemExit(f"evaluate.sh: fairseq-generate translated {len(ids)} of {expected} "
-                         f"test sentences ({len(parsed['refs'])} references): the BLEU would "
-                         "not cover the whole test set")
-    if parsed["bleu"] is None:
-        raise SystemExit("evaluate.sh: no 'BLEU4 = ...' line in the fairseq-generate output")
-    return ids
+                     beam: int = 5, cpu: bool = False, extra: Sequence[str] = ()) -> List[str]:
+    return common.generate_command(data, checkpoint, results, batch_size=batch_size, beam=beam,
+                                   cpu=cpu, extra=extra)
 
 
 def read_raw_references(paths: Sequence[str]) -> List[str]:
@@ -312,40 +158,9 @@ def read_raw_references(paths: Sequence[str]) -> List[str]:
     return lines
 
 
-def dataset_size(data: str, subset: str, src: str, tgt: str) -> int:
-    from fairseq.data import data_utils
-
-    prefix = os.path.join(data, f"{subset}.{src}-{tgt}.{tgt}")
-    dataset = data_utils.load_indexed_dataset(prefix, None)
-    if dataset is None:
-        raise SystemExit(f"--data {data}: no binarized {subset} set {prefix}.bin/.idx")
-    return len(dataset)
-
-
 # ----------------------------------------------------------------------------- CLI: train
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"{text} (allowed: a number > 0)")
-    return value
-
-
-def _int_at_least(low: int):
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{text} (allowed: an integer >= {low})")
-        return value
-    return parse
-
-
-def _split_extra(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
-    argv = list(argv)
-    if "--" in argv:
-        i = argv.index("--")
-        return argv[:i], argv[i + 1:]
-    return argv, []
+_positive_float, _int_at_least = common.positive_float, common.int_at_least
 
 
 def train_parser() -> argparse.ArgumentParser:
@@ -379,18 +194,10 @@ def train_parser() -> argparse.ArgumentParser:
 
 
 def train_main(argv: Sequence[str]) -> int:
-    own, extra = _split_extra(argv)
+    own, extra = common.split_extra(argv)
     parser = train_parser()
     args = parser.parse_args(own)
-    if args.opt == "fixed" and args.alpha is None:
-        parser.error("OPT fixed needs --alpha A (0 <= A <= 2): the fixed interpolation factor")
-    if args.alpha_search is not None and not re.fullmatch(r"epoch|never|\d+", args.alpha_search):
-        parser.error(f"argument --alpha-search: {args.alpha_search!r} (allowed: 'epoch', 'never' "
-                     "or an integer N >= 0 = every N updates)")
-    if args.alpha_search is not None and args.opt != "xsam":
-        parser.error(f"--alpha-search applies to OPT xsam only (got OPT {args.opt})")
-    if args.alpha is not None and not 0 <= args.alpha <= 2:
-        parser.error(f"argument --alpha: {args.alpha} (allowed: 0 <= alpha <= 2)")
+    common.check_alpha_options(parser, args.opt, args.alpha, args.alpha_search)
     keep = args.keep_last_epochs or 10
     if args.average_last and args.average_last > keep:
         parser.error(f"argument --average-last: {args.average_last} (allowed: <= "
@@ -405,29 +212,15 @@ def train_main(argv: Sequence[str]) -> int:
             fp16=not args.no_fp16, cpu=args.cpu, eval_bleu=not args.no_eval_bleu)
     except ValueError as e:
         parser.error(str(e))
-    line = shell_join(command)
     if args.dry_run:
-        print(line)
+        print(shell_join(command))
         return 0
     if not args.cpu:
-        import torch
-
-        if not torch.cuda.is_available():
-            raise SystemExit("train.sh: no CUDA GPU found (pass --cpu to train on the CPU)")
+        common.require_cuda("train.sh")
     if not Path(args.data).is_dir():
         raise SystemExit(f"train.sh: --data {args.data} is not a directory (binarize IWSLT14 "
                          "with recipes/iwslt14_de_en/prepare.sh first)")
-    (run / "checkpoints").mkdir(parents=True, exist_ok=True)
-    cmd_file = run / "command.txt"
-    if cmd_file.exists() and cmd_file.read_text().strip() != line:
-        raise SystemExit(f"train.sh: {run} already holds a run with a different command "
-                         f"(see {cmd_file}); choose another --runs folder or remove it")
-    cmd_file.write_text(line + "\n")
-    print(f"train.sh: {line}\ntrain.sh: log {run / 'train.log'}", flush=True)
-    rc = run_tee(command, run / "train.log")
-    if rc != 0:
-        raise SystemExit(f"train.sh: fairseq-train failed with exit status {rc} "
-                         f"(see {run / 'train.log'})")
+    common.run_training(run, command, "train.sh")
     if args.average_last:
         paths = last_epoch_checkpoints(run / "checkpoints", args.average_last)
         out = average_checkpoints(
@@ -465,41 +258,12 @@ def evaluate_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _data_from_command(run: Path) -> Optional[str]:
-    f = run / "command.txt"
-    if not f.exists():
-        return None
-    words = shlex.split(f.read_text())
-    for i, w in enumerate(words[:-1]):
-        if w in ("fairseq_cli.train", "fairseq-train") or w.endswith("/fairseq-train"):
-            return words[i + 1]
-    return None
-
-
-def sacrebleu_score(hyps: List[str], refs: List[str], lowercase: bool):
-    from sacrebleu.metrics import BLEU
-
-    metric = BLEU(lowercase=lowercase)
-    score = metric.corpus_score(hyps, [refs])
-    return score.score, str(metric.get_signature())
-
-
 def evaluate_main(argv: Sequence[str]) -> int:
-    own, extra = _split_extra(argv)
     parser = evaluate_parser()
-    args = parser.parse_args(own)
-    target = Path(args.checkpoint)
-    if target.is_dir():
-        run, ckpt_dir = target, target / "checkpoints"
-        checkpoint = ckpt_dir / "checkpoint_best.pt"
-    elif target.is_file() or args.dry_run:
-        checkpoint, ckpt_dir = target, target.parent
-        run = ckpt_dir.parent if ckpt_dir.name == "checkpoints" else ckpt_dir
-    else:
-        parser.error(f"argument CKPT: {target} is neither a checkpoint file nor a run directory")
+    args, extra, run, ckpt_dir, checkpoint = common.parse_evaluate_args(parser, argv)
     if args.average_last:
         checkpoint = ckpt_dir / f"checkpoint_avg_last{args.average_last}.pt"
-    data = args.data or _data_from_command(run) or os.environ.get("DATA", DEFAULT_DATA)
+    data = args.data or common.data_from_command(run) or os.environ.get("DATA", DEFAULT_DATA)
     out = Path(args.out) if args.out else run / "eval"
     command = generate_command(data, checkpoint, out, batch_size=args.batch_size,
                                beam=args.beam, cpu=args.cpu, extra=extra)
@@ -507,10 +271,7 @@ def evaluate_main(argv: Sequence[str]) -> int:
         print(shell_join(command))
         return 0
     if not args.cpu:
-        import torch
-
-        if not torch.cuda.is_available():
-            raise SystemExit("evaluate.sh: no CUDA GPU found (pass --cpu to generate on the CPU)")
+        common.require_cuda("evaluate.sh")
     if args.average_last:
         paths = last_epoch_checkpoints(ckpt_dir, args.average_last)
         average_checkpoints(paths, checkpoint)
@@ -523,7 +284,7 @@ def evaluate_main(argv: Sequence[str]) -> int:
                          f"--expect-sentences {args.expect_sentences}")
     out.mkdir(parents=True, exist_ok=True)
     print(f"evaluate.sh: {shell_join(command)}", flush=True)
-    rc = run_tee(command, out / "generate.log")
+    rc = common.run_tee(command, out / "generate.log")
     if rc != 0:
         raise SystemExit(f"evaluate.sh: fairseq-generate failed with exit status {rc} "
                          f"(see {out / 'generate.log'})")
@@ -560,53 +321,16 @@ def evaluate_main(argv: Sequence[str]) -> int:
 
 def render_yaml(opt: str) -> str:
     """config/<OPT>.yaml: the settings of ``train OPT`` (GPU, seed 1) for fairseq-hydra-train."""
-    import yaml
-
-    settings = train_settings(opt)
-    cfg = to_hydra(settings)
-    cfg["common"] = {"user_dir": "${oc.env:FAIRSEQ_XSAM_USER_DIR,fairseq_xsam}",
-                     **cfg["common"]}
-    cfg["task"] = {"_name": cfg["task"].pop("_name"), "data": "???", **cfg["task"]}
-    header = (f"# IWSLT'14 De-En, OPT={opt}: the run of `recipes/iwslt14_de_en/train.sh {opt}` "
-              "(GPU, seed 1).\n# Generated by `recipe.py configs` from recipe.py's "
-              "HYPERPARAMETERS; edit the table, not this file.\n"
-              "# Run from the repository root (or set FAIRSEQ_XSAM_USER_DIR):\n"
-              f"#   fairseq-hydra-train --config-dir recipes/iwslt14_de_en/config --config-name "
-              f"{opt} \\\n#     task.data=data-bin/iwslt14.tokenized.de-en "
-              f"checkpoint.save_dir=runs/{opt}/checkpoints\n")
-    if opt == "fixed":
-        header += "# OPT fixed needs alpha: add +optimizer.alpha=A (0 <= A <= 2).\n"
-    body = yaml.safe_dump({"hydra": {"run": {"dir": "."}}, **cfg}, sort_keys=False,
-                          default_flow_style=False, allow_unicode=True)
-    return header + body
+    header = common.yaml_header("IWSLT'14 De-En", "iwslt14_de_en", opt, "data-bin/iwslt14.tokenized.de-en", "")
+    return common.render_yaml(train_settings(opt), header)
 
 
 def configs_main(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="recipe.py configs")
-    p.add_argument("--check", action="store_true", help="fail if a config file is out of date")
-    args = p.parse_args(argv)
-    stale = []
-    for opt in OPTIMIZERS:
-        path = CONFIG_DIR / f"{opt}.yaml"
-        text = render_yaml(opt)
-        if args.check:
-            if not path.exists() or path.read_text() != text:
-                stale.append(str(path))
-        else:
-            CONFIG_DIR.mkdir(exist_ok=True)
-            path.write_text(text)
-    if stale:
-        raise SystemExit("out of date (run recipe.py configs): " + ", ".join(stale))
-    return 0
+    return common.configs_main(argv, CONFIG_DIR, render_yaml, "recipe.py")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"train": train_main, "evaluate": evaluate_main, "configs": configs_main}
-    if not argv or argv[0] not in commands:
-        print(__doc__)
-        return 2
-    return commands[argv[0]](argv[1:])
+    return common.dispatch(argv, {"train": train_main, "evaluate": evaluate_main, "configs": configs_main}, __doc__)
 
 
 if __name__ == "__main__":

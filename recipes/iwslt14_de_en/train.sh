@@ -16,5 +16,5 @@
 # Environment: PYTHON (default: the repository's .venv/bin/python, else python3).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-source "$here/python.sh"
+source "$here/../python.sh"
 exec "$PYTHON" "$here/recipe.py" train "$@"

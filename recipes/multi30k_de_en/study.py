@@ -1,0 +1,284 @@
+#!/usr/bin/env python3
+"""The Multi30k optimizer study, run by a plan and resumable across sessions.
+
+The plan (TOML, default ``study.toml`` next to this file) lists the runs in order; each run is
+train -> evaluate (three test sets) -> sharpness -> copy of what is committed (``command.txt``,
+``train.log``, ``timing.json``, ``eval/*.json``, ``eval/*.hyp.en``; never checkpoints) into
+``RESULTS/runs/<LABEL>-seed<SEED>/``, then the next. A run whose folder there holds
+``timing.json`` is done and never run again; an interrupted one resumes (fairseq resumes from
+``checkpoint_last.pt`` under ``RUNS``; finished stages are not repeated).
+
+Plan keys: ``preset``, ``runs`` (checkpoints, outside git), ``results``, ``cpu``, ``threads``
+(OMP_NUM_THREADS), and ``[[run]]`` tables: ``opt`` (or a list), ``seeds``, ``label`` (with
+``{opt}`` / ``{rho}``), ``rho`` (a number, a list, or ``"sweep"``: the ρ of this optimizer's
+``sweep = true`` runs with the lowest best validation loss, once they are all done), ``args``
+(more train.sh options, e.g. ``["--max-epoch", "5"]`` or ``["--", "--alpha-max", "auto"]``),
+``evaluate`` / ``sharpness`` (default true). Runs expand seed by seed, then optimizer, then ρ.
+
+    study.py status                 # done / pending, times, the chosen ρ
+    study.py run [--max-runs N]     # the next pending runs
+    study.py report                 # RESULTS/report.md with scripts/compare_bleu.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import shutil
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Dict, List, Optional
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent.parent / "scripts"))
+import compare_bleu  # noqa: E402  (scripts/compare_bleu.py: log parsing and the report)
+import recipe  # noqa: E402  (recipe.py next to this file)
+sys.path[:2] = []
+
+ROOT = recipe.ROOT
+DEFAULT_PLAN = HERE / "study.toml"
+COMMITTED = ("command.txt", "train.log", "timing.json")  # + eval/*.json, eval/*.hyp.en
+
+
+class PlanError(ValueError):
+    pass
+
+
+def _list(value) -> list:
+    return list(value) if isinstance(value, list) else [value]
+
+
+def load_plan(path) -> dict:
+    """The plan with its runs expanded: [{name, label, opt, seed, rho, args, sweep, evaluate,
+    sharpness}], in order."""
+    with open(path, "rb") as f:
+        plan = tomllib.load(f)
+    plan.setdefault("preset", "study")
+    plan.setdefault("runs", recipe.DEFAULT_RUNS)
+    plan.setdefault("results", "docs/results/multi30k")
+    plan.setdefault("cpu", True)
+    plan.setdefault("threads", 2)
+    if plan["preset"] not in recipe.PRESETS:
+        raise PlanError(f"{path}: preset {plan['preset']!r} (allowed: {', '.join(recipe.PRESETS)})")
+    runs, names = [], set()
+    for i, entry in enumerate(plan.get("run", [])):
+        unknown = set(entry) - {"opt", "seeds", "label", "rho", "args", "sweep", "evaluate",
+                                "sharpness"}
+        if unknown or "opt" not in entry:
+            raise PlanError(f"{path}: run {i + 1}: " + (f"unknown keys {sorted(unknown)}" if
+                            unknown else "no opt") + " (allowed: opt, seeds, label, rho, args, "
+                            "sweep, evaluate, sharpness)")
+        for seed in _list(entry.get("seeds", 1)):
+            for opt in _list(entry["opt"]):
+                if opt not in recipe.OPTIMIZERS:
+                    raise PlanError(f"{path}: run {i + 1}: opt {opt!r} (allowed: "
+                                    f"{', '.join(recipe.OPTIMIZERS)})")
+                rhos = [None] if opt == "adamw" else _list(entry.get("rho", [None]))
+                for rho in rhos:
+                    if not (rho is None or rho == "sweep" or isinstance(rho, (int, float))):
+                        raise PlanError(f"{path}: run {i + 1}: rho {rho!r} (allowed: a number "
+                                        "> 0 or \"sweep\")")
+                    label = entry.get("label", "{opt}").format(opt=opt, rho=rho)
+                    recipe.check_label(label)
+                    name = f"{label}-seed{seed}"
+                    if name in names:
+                        raise PlanError(f"{path}: run {name} is planned twice")
+                    names.add(name)
+                    runs.append({"name": name, "label": label, "opt": opt, "seed": int(seed),
+                                 "rho": rho, "args": [str(a) for a in entry.get("args", [])],
+                                 "sweep": bool(entry.get("sweep", False)),
+                                 "evaluate": entry.get("evaluate", True),
+                                 "sharpness": entry.get("sharpness", True)})
+    plan["run"] = runs
+    return plan
+
+
+def results_dir(plan: dict, run: dict) -> Path:
+    return ROOT / plan["results"] / "runs" / run["name"]
+
+
+def work_dir(plan: dict, run: dict) -> Path:
+    return ROOT / plan["runs"] / run["name"]
+
+
+def is_done(plan: dict, run: dict) -> bool:
+    return (results_dir(plan, run) / "timing.json").is_file()
+
+
+def best_valid_loss(folder: Path) -> Optional[float]:
+    log = folder / "train.log"
+    if not log.is_file():
+        return None
+    valid = compare_bleu.parse_train_log(log.read_text(encoding="utf-8", errors="replace"))
+    losses = [v["loss"] for v in valid["valid"].values() if "loss" in v]
+    return min(losses) if losses else None
+
+
+def chosen_rho(plan: dict, opt: str) -> Optional[float]:
+    """The ρ of this optimizer's sweep runs with the lowest best validation loss (ties: the
+    smaller ρ), or None while a sweep run is not done."""
+    sweep = [r for r in plan["run"] if r["sweep"] and r["opt"] == opt]
+    if not sweep:
+        raise PlanError(f"rho = \"sweep\" for {opt}, but the plan has no sweep = true runs of "
+                        f"{opt}")
+    if not all(is_done(plan, r) for r in sweep):
+        return None
+    scored = [(best_valid_loss(results_dir(plan, r)), float(r["rho"])) for r in sweep]
+    if any(loss is None for loss, _ in scored):
+        raise PlanError(f"a sweep run of {opt} has no validation loss in its train.log")
+    return min(scored)[1]
+
+
+def train_argv(plan: dict, run: dict, rho: Optional[float]) -> List[str]:
+    own, extra = recipe.common.split_extra(run["args"])
+    argv = [run["opt"], str(run["seed"]), "--preset", plan["preset"], "--runs",
+            str(ROOT / plan["runs"]), "--label", run["label"], "--quiet", *own]
+    if "--data" not in own and plan.get("data"):
+        argv += ["--data", str(ROOT / plan["data"])]
+    if plan["cpu"]:
+        argv.append("--cpu")
+    if rho is not None:
+        argv += ["--rho", repr(float(rho))]
+    return argv + (["--", *extra] if extra else [])
+
+
+def copy_results(plan: dict, run: dict, extra: dict) -> Path:
+    """Copies what is committed; timing.json (the done marker) last."""
+    src, dst = work_dir(plan, run), results_dir(plan, run)
+    (dst / "eval").mkdir(parents=True, exist_ok=True)
+    for f in COMMITTED[:-1]:
+        shutil.copy2(src / f, dst / f)
+    for f in sorted((src / "eval").glob("*.json")) + sorted((src / "eval").glob("*.hyp.en")) \
+            if (src / "eval").is_dir() else []:
+        shutil.copy2(f, dst / "eval" / f.name)
+    timing = json.loads((src / "timing.json").read_text())
+    timing.update(extra)
+    (dst / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
+    return dst
+
+
+def run_one(plan: dict, run: dict, log=print) -> bool:
+    """Runs one planned run to the end; False if it has to wait for the sweep."""
+    rho = run["rho"]
+    if rho == "sweep":
+        rho = chosen_rho(plan, run["opt"])
+        if rho is None:
+            log(f"study: {run['name']}: waits for the sweep of {run['opt']}")
+            return False
+    work = work_dir(plan, run)
+    argv = train_argv(plan, run, rho)
+    log(f"study: {run['name']}: train.sh {' '.join(argv)}")
+    recipe.train_main(argv)
+    extra = {"study_started_evaluation": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if run["evaluate"]:
+        start = time.time()
+        eval_argv = [str(work), "--preset", plan["preset"], "--quiet",
+                     *(["--cpu"] if plan["cpu"] else []),
+                     *([] if run["sharpness"] else ["--no-sharpness"])]
+        done = (work / "eval" / "bleu.json").is_file() and (
+            not run["sharpness"] or recipe.PRESETS[plan["preset"]]["sharpness"] is None
+            or (work / "eval" / "sharpness.json").is_file())
+        if not done:
+            recipe.evaluate_main(eval_argv)
+        extra["evaluate_s"] = round(time.time() - start, 1)
+    extra["finished_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    dst = copy_results(plan, run, extra)
+    log(f"study: {run['name']}: done -> {dst}")
+    return True
+
+
+def prepare_data(plan: dict, log=print) -> None:
+    preset = recipe.PRESETS[plan["preset"]]
+    recipe.prepare(ROOT / (plan.get("data") or recipe.default_data(plan["preset"])),
+                   vocab=preset["vocab"], train_lines=preset["train_lines"],
+                   test_lines=preset["test_lines"], workers=int(plan["threads"]), log=log)
+
+
+def status_lines(plan: dict) -> List[str]:
+    out = []
+    for run in plan["run"]:
+        res, work = results_dir(plan, run), work_dir(plan, run)
+        if is_done(plan, run):
+            t = json.loads((res / "timing.json").read_text())
+            bleu = res / "eval" / "bleu.json"
+            first = next(iter(json.loads(bleu.read_text()).items()), None) if bleu.is_file() \
+                else None
+            out.append(f"done     {run['name']}: finished {t.get('finished_at')}, train "
+                       f"{(t.get('wall_s') or 0) / 60:.1f} min, {t.get('updates')} updates, "
+                       f"{t.get('updates_per_s')} updates/s, best valid loss "
+                       f"{best_valid_loss(res)}"
+                       + (f", {first[0]} sacreBLEU {first[1]['sacrebleu']}" if first else ""))
+        elif (work / "train.log").is_file():
+            valid = compare_bleu.parse_train_log((work / "train.log").read_text(
+                encoding="utf-8", errors="replace"))["valid"]
+            out.append(f"started  {run['name']}: {len(valid)} epoch(s) validated "
+                       f"({work.relative_to(ROOT) if work.is_relative_to(ROOT) else work})")
+        else:
+            rho = run["rho"]
+            if rho == "sweep":
+                chosen = chosen_rho(plan, run["opt"])
+                rho = f"sweep -> {chosen}" if chosen is not None else "sweep (not done)"
+            out.append(f"pending  {run['name']}: {run['opt']}"
+                       + (f", rho {rho}" if rho is not None else "")
+                       + (f", {' '.join(run['args'])}" if run["args"] else ""))
+    return out
+
+
+def report(plan: dict) -> Path:
+    res = ROOT / plan["results"]
+    done = [results_dir(plan, r) for r in plan["run"] if is_done(plan, r)]
+    main_runs = [d for d, r in zip(done, [r for r in plan["run"] if is_done(plan, r)])
+                 if not r["sweep"] and r["evaluate"]]
+    sweep = [d for d, r in zip(done, [r for r in plan["run"] if is_done(plan, r)]) if r["sweep"]]
+    if not main_runs:
+        raise SystemExit("study: no finished evaluated run to report yet (study.py status)")
+    argv = [*map(str, main_runs), "--out", str(res), "--rescore", "--title",
+            "Multi30k De-En: AdamW vs SAM vs XSAM"]
+    if sweep:
+        argv += ["--sweep", *map(str, sweep)]
+    compare_bleu.main(argv)
+    return res / "report.md"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="study.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("command", choices=("status", "run", "report"))
+    p.add_argument("--plan", default=str(DEFAULT_PLAN), help="the plan (TOML)")
+    p.add_argument("--max-runs", type=recipe.common.int_at_least(1),
+                   help="run: stop after N runs")
+    p.add_argument("--only", metavar="GLOB", help="run: only runs whose name matches, e.g. "
+                   "'sweep/*'")
+    args = p.parse_args(argv)
+    try:
+        plan = load_plan(args.plan)
+    except (PlanError, ValueError, OSError, tomllib.TOMLDecodeError) as e:
+        p.error(str(e))
+    if args.command == "status":
+        print("\n".join(status_lines(plan)))
+        return 0
+    if args.command == "report":
+        print(f"study: wrote {report(plan)}")
+        return 0
+    os.environ["OMP_NUM_THREADS"] = str(plan["threads"])
+    os.environ["MKL_NUM_THREADS"] = str(plan["threads"])
+    prepare_data(plan)
+    count = 0
+    for run in plan["run"]:
+        if is_done(plan, run) or (args.only and not fnmatch.fnmatch(run["name"], args.only)):
+            continue
+        if args.max_runs is not None and count >= args.max_runs:
+            break
+        if run_one(plan, run):
+            count += 1
+    print(f"study: {count} run(s) finished in this session")
+    print("\n".join(status_lines(plan)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

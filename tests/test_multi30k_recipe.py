@@ -1,0 +1,304 @@
+"""The Multi30k recipe (recipes/multi30k_de_en): train.sh's commands against the table and the
+hydra configs (both parsed by fairseq), option errors, the study driver's plan, ρ choice,
+skip and resume logic, and compare_bleu's several-test-set report (means, paired bootstrap,
+edge-pinned α searches, rescoring) against independent computations. The whole pipeline on
+real data runs in tests/test_demo.py (demo --quick = the recipe's tiny preset)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_recipes import GROUPS, fairseq_cfg, hydra_cfg
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPE_DIR = ROOT / "recipes" / "multi30k_de_en"
+PYTHON = sys.executable
+pytestmark = [pytest.mark.filterwarnings(r"ignore:\s*'[^']*' is validated against ConfigStore"),
+              pytest.mark.filterwarnings(r"ignore:\s*The strict flag in the compose API")]
+
+
+def load(name, path):
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.pop(0)
+    return mod
+
+
+recipe = load("multi30k_recipe", RECIPE_DIR / "recipe.py")
+study = load("multi30k_study", RECIPE_DIR / "study.py")
+sys.path.insert(0, str(ROOT / "scripts"))
+import compare_bleu  # noqa: E402
+sys.path.pop(0)
+
+
+def dry_run(*args) -> str:
+    out = subprocess.run(["bash", str(RECIPE_DIR / "train.sh"), "--dry-run", *args],
+                         capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHON": PYTHON})
+    return out.stdout.strip()
+
+
+def table_value(preset, group, key, opt="xsam"):
+    """The value the table gives, read from the rows (the last row of a field wins)."""
+    value = None
+    for g, k, v, source in recipe.HYPERPARAMETERS:
+        if (g, k) == (group, key) and not (opt == "adamw" and source.startswith("xsam")):
+            value = recipe.PRESETS[preset]["table"][(g, k)] if v == "<preset>" else v
+    return value
+
+
+# ----------------------------------------------------------------------------- commands, configs
+
+@pytest.mark.parametrize("opt", recipe.OPTIMIZERS)
+def test_train_command_and_hydra_config_agree(opt, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    alpha = ["--alpha", "0.5"] if opt == "fixed" else []
+    cli = fairseq_cfg(dry_run(opt, "--data", "data-bin/x", *alpha))
+    hyd = hydra_cfg(recipe.CONFIG_DIR, opt, ["task.data=data-bin/x",
+                                             f"checkpoint.save_dir={cli['checkpoint']['save_dir']}"]
+                    + (["+optimizer.alpha=0.5"] if opt == "fixed" else []))
+    diff = []
+    for group in GROUPS:
+        for key in sorted(set(cli[group]) | set(hyd[group])):
+            a, b = cli[group].get(key, "<absent>"), hyd[group].get(key, "<absent>")
+            if group == "common" and key == "user_dir":
+                a, b = os.path.realpath(a), os.path.realpath(b)
+            if a != b:
+                diff.append((group, key, a, b))
+    model_keys = [k for g, k, _, _ in recipe.HYPERPARAMETERS if g == "model" and k != "_name"]
+    for key in model_keys:  # every model field of the table, on both sides
+        if cli["model"].get(key, "<absent>") != hyd["model"].get(key, "<absent>"):
+            diff.append(("model", key, cli["model"].get(key), hyd["model"].get(key)))
+    assert diff == []
+    # and the values are the table's, read independently of train_settings
+    for group, key in [("model", k) for k in model_keys] + [
+            ("optimization", "lr"), ("optimization", "max_epoch"), ("dataset", "max_tokens"),
+            ("lr_scheduler", "warmup_updates"), ("lr_scheduler", "warmup_init_lr"),
+            ("criterion", "label_smoothing"), ("optimizer", "weight_decay")]:
+        assert cli[group][key] == table_value("study", group, key, opt), (group, key)
+    assert cli["model"]["arch"] == hyd["model"]["_name"] == "transformer"
+    assert cli["checkpoint"]["no_epoch_checkpoints"] is True
+    assert cli["checkpoint"]["best_checkpoint_metric"] == "loss"  # fairseq's default
+    if opt == "adamw":
+        assert cli["optimizer"]["_name"] == "adam"
+    else:
+        o = cli["optimizer"]
+        assert (o["_name"], o["sam_variant"], o["rho"], o["probe_rho"]) == (
+            "xsam_adamw", opt, 0.15, 0.45)
+        assert o["alpha_search"] == ("epoch" if opt == "xsam" else None)
+
+
+def test_config_files_are_generated_from_the_table(tmp_path, monkeypatch):
+    subprocess.run([PYTHON, str(RECIPE_DIR / "recipe.py"), "configs", "--check"], check=True)
+    assert sorted(p.stem for p in recipe.CONFIG_DIR.glob("*.yaml")) == sorted(recipe.OPTIMIZERS)
+    # an edited config is caught by the check and by the field comparison
+    monkeypatch.setattr(recipe, "CONFIG_DIR", tmp_path)
+    recipe.main(["configs"])
+    text = (tmp_path / "sam.yaml").read_text()
+    assert "encoder_layers: 3" in text
+    (tmp_path / "sam.yaml").write_text(text.replace("encoder_layers: 3", "encoder_layers: 4"))
+    with pytest.raises(SystemExit, match="out of date.*sam.yaml"):
+        recipe.main(["configs", "--check"])
+
+
+def test_dry_run_rho_label_preset_and_passthrough():
+    words = shlex.split(dry_run("sam", "7", "--cpu", "--rho", "0.05", "--label",
+                                "sweep/sam-rho0.05", "--runs", "R", "--", "--max-update", "9"))
+    get = lambda flag: words[words.index(flag) + 1]  # noqa: E731
+    assert get("--rho") == "0.05" and get("--probe-rho") == "0.15"  # 3 rho, the paper's ratio
+    assert get("--save-dir") == "R/sweep/sam-rho0.05-seed7/checkpoints"
+    assert words[-2:] == ["--max-update", "9"] and "--cpu" in words and "--fp16" not in words
+    assert get("--seed") == "7" and "--alpha-search" not in words
+    words = shlex.split(dry_run("xsam", "--rho", "0.1", "--probe-rho", "0.1", "--preset", "tiny"))
+    assert get("--probe-rho") == "0.1" and get("--encoder-embed-dim") == "32"
+    assert words[1 + words.index("fairseq_cli.train")] == recipe.default_data("tiny")
+    assert get("--max-epoch") == str(table_value("tiny", "optimization", "max_epoch"))
+    assert "--probe-rho" not in shlex.split(dry_run("adamw"))
+
+
+BAD_TRAIN = [
+    (["xsam", "--label", "x-seed2"], "Invalid --label value: 'x-seed2'"),
+    (["xsam", "--label", "../up"], "Invalid --label value: '../up'"),
+    (["adamw", "--rho", "0.1"], "--rho is an XSAM option"),
+    (["xsam", "--rho", "0"], "argument --rho: 0 (allowed: a number > 0)"),
+    (["fixed"], "OPT fixed needs --alpha"),
+    (["sam", "--alpha-search", "epoch"], "--alpha-search applies to OPT xsam only"),
+    (["xsam", "--preset", "huge"], "argument --preset: invalid choice: 'huge'"),
+]
+
+
+@pytest.mark.parametrize("argv,message", BAD_TRAIN)
+def test_bad_train_options_fail_with_one_clear_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        recipe.main(["train", *argv, "--dry-run"])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_evaluate_dry_run_scores_three_test_sets(tmp_path):
+    out = subprocess.run(["bash", str(RECIPE_DIR / "evaluate.sh"), str(tmp_path / "r" / "c.pt"),
+                          "--data", "D", "--cpu", "--dry-run"], capture_output=True, text=True,
+                         check=True, env={**os.environ, "PYTHON": PYTHON}).stdout.splitlines()
+    subsets = [shlex.split(l)[shlex.split(l).index("--gen-subset") + 1] for l in out[:3]]
+    assert subsets == ["test", "test1", "test2"] == list(recipe.TEST_SETS)
+    for line in out[:3]:
+        assert "--required-batch-size-multiple 1" in line and "--beam 5" in line
+        assert "--remove-bpe sentencepiece" in line
+    assert "scripts/sharpness.py" in out[3] and "--out " + str(tmp_path / "r" / "eval" /
+                                                                "sharpness.json") in out[3]
+
+
+# ----------------------------------------------------------------------------- study driver
+
+PLAN = """
+preset = "tiny"
+runs = "{runs}"
+results = "{results}"
+[[run]]
+label = "sweep/{{opt}}-rho{{rho}}"
+opt = ["sam", "xsam"]
+rho = [0.1, 0.2]
+sweep = true
+evaluate = false
+args = ["--max-epoch", "1"]
+[[run]]
+opt = ["adamw", "xsam"]
+seeds = [1, 2]
+rho = "sweep"
+[[run]]
+label = "xsam_auto"
+opt = "xsam"
+rho = 0.05
+args = ["--", "--alpha-max", "auto"]
+"""
+
+
+def valid_log(losses):
+    return "".join(f"2026-01-01 | INFO | valid | epoch {e:03d} | valid on 'valid' subset | "
+                   f"loss {l} | nll_loss 1.0 | num_updates {10 * e}\n"
+                   for e, l in enumerate(losses, 1))
+
+
+@pytest.fixture
+def plan(tmp_path):
+    path = tmp_path / "plan.toml"
+    path.write_text(PLAN.format(runs=tmp_path / "runs", results=tmp_path / "results"))
+    return study.load_plan(path)
+
+
+def test_plan_expands_in_order(plan):
+    names = [r["name"] for r in plan["run"]]
+    assert names == ["sweep/sam-rho0.1-seed1", "sweep/sam-rho0.2-seed1",
+                     "sweep/xsam-rho0.1-seed1", "sweep/xsam-rho0.2-seed1",
+                     "adamw-seed1", "xsam-seed1", "adamw-seed2", "xsam-seed2",
+                     "xsam_auto-seed1"]
+    adamw = plan["run"][4]
+    assert adamw["rho"] is None and plan["run"][5]["rho"] == "sweep"
+    argv = study.train_argv(plan, plan["run"][-1], 0.05)
+    assert argv[:2] == ["xsam", "1"] and argv[-3:] == ["--", "--alpha-max", "auto"]
+    assert argv[argv.index("--label") + 1] == "xsam_auto" and "--cpu" in argv
+    assert argv[argv.index("--rho") + 1] == "0.05"
+
+
+def test_bad_plans_are_one_line_errors(tmp_path, capsys):
+    for text, message in (('[[run]]\nopt = "adam"\n', "opt 'adam' (allowed: adamw"),
+                          ('[[run]]\nopt = "sam"\nrh0 = 1\n', "unknown keys ['rh0']"),
+                          ('[[run]]\nopt = "sam"\n[[run]]\nopt = "sam"\n', "planned twice"),
+                          ('[[run]]\nopt = "sam"\nrho = "best"\n', "rho 'best' (allowed")):
+        (tmp_path / "p.toml").write_text(text)
+        with pytest.raises(SystemExit):
+            study.main(["status", "--plan", str(tmp_path / "p.toml")])
+        assert message in capsys.readouterr().err
+
+
+def fake_stages(monkeypatch, plan, calls, fail_on=None):
+    """recipe.train_main / evaluate_main replaced by writers of the files they produce."""
+    def train(argv):
+        label, seed = argv[argv.index("--label") + 1], argv[1]
+        run = Path(argv[argv.index("--runs") + 1]) / f"{label}-seed{seed}"
+        calls.append(("train", f"{label}-seed{seed}", argv))
+        if fail_on == f"{label}-seed{seed}":
+            raise SystemExit("train.sh: fairseq-train failed")
+        run.mkdir(parents=True, exist_ok=True)
+        rho = float(argv[argv.index("--rho") + 1]) if "--rho" in argv else 0
+        loss = {0.1: [5.0, 4.2], 0.2: [5.0, 4.0]}.get(rho, [4.5])
+        if label.startswith("sweep/xsam"):
+            loss = [4.1] if rho == 0.1 else [4.3]
+        (run / "train.log").write_text(valid_log(loss))
+        (run / "command.txt").write_text(" ".join(argv) + "\n")
+        (run / "timing.json").write_text(json.dumps({"finished": True, "wall_s": 60,
+                                                     "updates": 10, "updates_per_s": 1.0}))
+
+    def evaluate(argv):
+        run = Path(argv[0])
+        calls.append(("evaluate", run.name, argv))
+        (run / "eval").mkdir(exist_ok=True)
+        (run / "eval" / "bleu.json").write_text(json.dumps({"test2016_flickr": {
+            "sacrebleu": 1.0}}))
+        (run / "eval" / "sharpness.json").write_text("{}")
+        (run / "eval" / "test2016_flickr.hyp.en").write_text("a\n")
+        (run / "eval" / "generate-test.txt").write_text("not committed\n")
+
+    monkeypatch.setattr(study.recipe, "train_main", train)
+    monkeypatch.setattr(study.recipe, "evaluate_main", evaluate)
+    monkeypatch.setattr(study, "prepare_data", lambda plan, log=print: None)
+
+
+def test_study_runs_chooses_rho_skips_and_resumes(plan, monkeypatch, tmp_path):
+    calls = []
+    path = tmp_path / "plan.toml"
+    fake_stages(monkeypatch, plan, calls, fail_on="xsam-seed1")
+    with pytest.raises(SystemExit, match="fairseq-train failed"):
+        study.main(["run", "--plan", str(path)])
+    done = [n for kind, n, _ in calls if kind == "train"]
+    assert done[:5] == ["sweep/sam-rho0.1-seed1", "sweep/sam-rho0.2-seed1",
+                        "sweep/xsam-rho0.1-seed1", "sweep/xsam-rho0.2-seed1", "adamw-seed1"]
+    assert not any(kind == "evaluate" and n.startswith("sweep") for kind, n, _ in calls)
+    # the chosen rho: the lowest best validation loss of the optimizer's sweep
+    assert study.chosen_rho(plan, "sam") == 0.2 and study.chosen_rho(plan, "xsam") == 0.1
+    xsam_train = next(a for kind, n, a in calls if n == "xsam-seed1")
+    assert xsam_train[xsam_train.index("--rho") + 1] == "0.1"
+    res = tmp_path / "results" / "runs"
+    assert sorted(p.name for p in (res / "adamw-seed1" / "eval").iterdir()) == [
+        "bleu.json", "sharpness.json", "test2016_flickr.hyp.en"]  # no generate output
+    assert {p.name for p in (res / "adamw-seed1").iterdir()} == {
+        "command.txt", "train.log", "timing.json", "eval"}
+    assert not (res / "xsam-seed1").exists()
+    status = "\n".join(study.status_lines(plan))
+    assert re.search(r"done +adamw-seed1: .*1.0 updates/s, best valid loss 4.5", status)
+    assert "pending  xsam-seed1: xsam, rho sweep -> 0.1" in status
+    # the next session: finished runs are not touched again; the failed one is run
+    calls.clear()
+    fake_stages(monkeypatch, plan, calls)
+    assert study.main(["run", "--plan", str(path), "--max-runs", "2"]) == 0
+    assert [n for kind, n, _ in calls if kind == "train"] == ["xsam-seed1", "adamw-seed2"]
+    calls.clear()
+    study.main(["run", "--plan", str(path)])
+    assert [n for kind, n, _ in calls if kind == "train"] == ["xsam-seed2", "xsam_auto-seed1"]
+    calls.clear()
+    study.main(["run", "--plan", str(path)])
+    assert calls == []
+    assert all(l.startswith("done") for l in study.status_lines(plan))
+
+
+def test_study_waits_for_the_sweep(plan, monkeypatch, tmp_path):
+    calls = []
+    fake_stages(monkeypatch, plan, calls)
+    study.main(["run", "--plan", str(tmp_path / "plan.toml"), "--only", "xsam-seed*"])
+    assert calls == []  # xsam-seed1/2 need the xsam sweep, which --only left out
+    study.main(["run", "--plan", str(tmp_path / "plan.toml"), "--only", "sweep/xsam*"])
+    study.main(["run", "--plan", str(tmp_path / "plan.toml"), "--only", "xsam-seed1"])
+    assert [n for kind, n, _ in calls if kind == "train"][-1] == "xsam-seed1"
