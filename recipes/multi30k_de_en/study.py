@@ -251,6 +251,10 @@ def main(argv=None) -> int:
     p.add_argument("--plan", default=str(DEFAULT_PLAN), help="the plan (TOML)")
     p.add_argument("--max-runs", type=recipe.common.int_at_least(1),
                    help="run: stop after N runs")
+    p.add_argument("--runs", metavar="DIR", help="checkpoints and logs (overrides the plan's "
+                   "'runs'; keep it outside the checkout when the study spans sessions)")
+    p.add_argument("--data", metavar="DIR", help="binarized data (overrides the plan's 'data'; "
+                   "default: the preset's folder under data-bin/)")
     p.add_argument("--only", metavar="GLOB", help="run: only runs whose name matches, e.g. "
                    "'sweep/*'")
     args = p.parse_args(argv)
@@ -258,6 +262,10 @@ def main(argv=None) -> int:
         plan = load_plan(args.plan)
     except (PlanError, ValueError, OSError, tomllib.TOMLDecodeError) as e:
         p.error(str(e))
+    if args.runs:
+        plan["runs"] = str(Path(args.runs).resolve())
+    if args.data:
+        plan["data"] = str(Path(args.data).resolve())
     if args.command == "status":
         print("\n".join(status_lines(plan)))
         return 0
