@@ -183,6 +183,11 @@ label = "xsam_auto"
 opt = "xsam"
 rho = 0.05
 args = ["--", "--alpha-max", "auto"]
+[[run]]
+label = "xsam_probe1"
+opt = "xsam"
+rho = 0.05
+probe_ratio = 1.0
 """
 
 
@@ -204,20 +209,24 @@ def test_plan_expands_in_order(plan):
     assert names == ["sweep/sam-rho0.1-seed1", "sweep/sam-rho0.2-seed1",
                      "sweep/xsam-rho0.1-seed1", "sweep/xsam-rho0.2-seed1",
                      "adamw-seed1", "xsam-seed1", "adamw-seed2", "xsam-seed2",
-                     "xsam_auto-seed1"]
+                     "xsam_auto-seed1", "xsam_probe1-seed1"]
     adamw = plan["run"][4]
     assert adamw["rho"] is None and plan["run"][5]["rho"] == "sweep"
-    argv = study.train_argv(plan, plan["run"][-1], 0.05)
+    argv = study.train_argv(plan, plan["run"][-2], 0.05)
     assert argv[:2] == ["xsam", "1"] and argv[-3:] == ["--", "--alpha-max", "auto"]
     assert argv[argv.index("--label") + 1] == "xsam_auto" and "--cpu" in argv
-    assert argv[argv.index("--rho") + 1] == "0.05"
+    assert argv[argv.index("--rho") + 1] == "0.05" and "--probe-rho" not in argv  # recipe: 3 rho
+    # probe_ratio: --probe-rho = ratio x the (chosen) rho
+    argv = study.train_argv(plan, plan["run"][-1], 0.2)
+    assert argv[argv.index("--rho") + 1] == "0.2" and argv[argv.index("--probe-rho") + 1] == "0.2"
 
 
 def test_bad_plans_are_one_line_errors(tmp_path, capsys):
     for text, message in (('[[run]]\nopt = "adam"\n', "opt 'adam' (allowed: adamw"),
                           ('[[run]]\nopt = "sam"\nrh0 = 1\n', "unknown keys ['rh0']"),
                           ('[[run]]\nopt = "sam"\n[[run]]\nopt = "sam"\n', "planned twice"),
-                          ('[[run]]\nopt = "sam"\nrho = "best"\n', "rho 'best' (allowed")):
+                          ('[[run]]\nopt = "sam"\nrho = "best"\n', "rho 'best' (allowed"),
+                          ('[[run]]\nopt = "xsam"\nprobe_ratio = 0\n', "probe_ratio 0 (allowed")):
         (tmp_path / "p.toml").write_text(text)
         with pytest.raises(SystemExit):
             study.main(["status", "--plan", str(tmp_path / "p.toml")])
@@ -287,11 +296,26 @@ def test_study_runs_chooses_rho_skips_and_resumes(plan, monkeypatch, tmp_path):
     assert [n for kind, n, _ in calls if kind == "train"] == ["xsam-seed1", "adamw-seed2"]
     calls.clear()
     study.main(["run", "--plan", str(path)])
-    assert [n for kind, n, _ in calls if kind == "train"] == ["xsam-seed2", "xsam_auto-seed1"]
+    assert [n for kind, n, _ in calls if kind == "train"] == [
+        "xsam-seed2", "xsam_auto-seed1", "xsam_probe1-seed1"]
+    probe1 = next(a for kind, n, a in calls if n == "xsam_probe1-seed1" and kind == "train")
+    assert probe1[probe1.index("--probe-rho") + 1] == "0.05"
     calls.clear()
     study.main(["run", "--plan", str(path)])
     assert calls == []
     assert all(l.startswith("done") for l in study.status_lines(plan))
+
+
+def test_study_runs_and_data_overrides(plan, monkeypatch, tmp_path):
+    calls = []
+    fake_stages(monkeypatch, plan, calls)
+    elsewhere, data = tmp_path / "elsewhere", tmp_path / "bin"
+    study.main(["run", "--plan", str(tmp_path / "plan.toml"), "--only", "adamw-seed1",
+                "--runs", str(elsewhere), "--data", str(data)])
+    (argv,) = [a for kind, n, a in calls if kind == "train"]
+    assert argv[argv.index("--runs") + 1] == str(elsewhere)
+    assert argv[argv.index("--data") + 1] == str(data)
+    assert (elsewhere / "adamw-seed1" / "train.log").is_file()
 
 
 def test_study_waits_for_the_sweep(plan, monkeypatch, tmp_path):

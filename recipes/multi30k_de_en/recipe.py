@@ -127,7 +127,7 @@ _STUDY_MODEL = {  # transformer 3+3 layers, embed 128, ffn 512, 4 heads (the dem
 # for the tests only) and the flatness measurement (scripts/sharpness.py).
 # The study's model and epochs are set HERE (one place), after the pilot.
 PRESETS: Dict[str, dict] = {
-    "study": dict(table={**_STUDY_MODEL, ("optimization", "max_epoch"): 15,
+    "study": dict(table={**_STUDY_MODEL, ("optimization", "max_epoch"): 20,
                          ("common", "log_interval"): 100},
                   vocab=6000, train_lines=None, test_lines=None,
                   sharpness=dict(batches=4, max_tokens=2048, lanczos_iters=20, directions=20)),

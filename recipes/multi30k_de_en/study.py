@@ -11,7 +11,8 @@ train -> evaluate (three test sets) -> sharpness -> copy of what is committed (`
 Plan keys: ``preset``, ``runs`` (checkpoints, outside git), ``results``, ``cpu``, ``threads``
 (OMP_NUM_THREADS), and ``[[run]]`` tables: ``opt`` (or a list), ``seeds``, ``label`` (with
 ``{opt}`` / ``{rho}``), ``rho`` (a number, a list, or ``"sweep"``: the ρ of this optimizer's
-``sweep = true`` runs with the lowest best validation loss, once they are all done), ``args``
+``sweep = true`` runs with the lowest best validation loss, once they are all done),
+``probe_ratio`` (--probe-rho = probe_ratio × ρ; default the recipe's 3), ``args``
 (more train.sh options, e.g. ``["--max-epoch", "5"]`` or ``["--", "--alpha-max", "auto"]``),
 ``evaluate`` / ``sharpness`` (default true). Runs expand seed by seed, then optimizer, then ρ.
 
@@ -67,12 +68,16 @@ def load_plan(path) -> dict:
         raise PlanError(f"{path}: preset {plan['preset']!r} (allowed: {', '.join(recipe.PRESETS)})")
     runs, names = [], set()
     for i, entry in enumerate(plan.get("run", [])):
-        unknown = set(entry) - {"opt", "seeds", "label", "rho", "args", "sweep", "evaluate",
-                                "sharpness"}
+        unknown = set(entry) - {"opt", "seeds", "label", "rho", "probe_ratio", "args", "sweep",
+                                "evaluate", "sharpness"}
         if unknown or "opt" not in entry:
             raise PlanError(f"{path}: run {i + 1}: " + (f"unknown keys {sorted(unknown)}" if
-                            unknown else "no opt") + " (allowed: opt, seeds, label, rho, args, "
-                            "sweep, evaluate, sharpness)")
+                            unknown else "no opt") + " (allowed: opt, seeds, label, rho, "
+                            "probe_ratio, args, sweep, evaluate, sharpness)")
+        ratio = entry.get("probe_ratio")
+        if ratio is not None and not (isinstance(ratio, (int, float)) and ratio > 0):
+            raise PlanError(f"{path}: run {i + 1}: probe_ratio {ratio!r} (allowed: a number > 0:"
+                            " --probe-rho = probe_ratio x rho)")
         for seed in _list(entry.get("seeds", 1)):
             for opt in _list(entry["opt"]):
                 if opt not in recipe.OPTIMIZERS:
@@ -90,7 +95,8 @@ def load_plan(path) -> dict:
                         raise PlanError(f"{path}: run {name} is planned twice")
                     names.add(name)
                     runs.append({"name": name, "label": label, "opt": opt, "seed": int(seed),
-                                 "rho": rho, "args": [str(a) for a in entry.get("args", [])],
+                                 "rho": rho, "probe_ratio": ratio,
+                                 "args": [str(a) for a in entry.get("args", [])],
                                  "sweep": bool(entry.get("sweep", False)),
                                  "evaluate": entry.get("evaluate", True),
                                  "sharpness": entry.get("sharpness", True)})
@@ -144,6 +150,8 @@ def train_argv(plan: dict, run: dict, rho: Optional[float]) -> List[str]:
         argv.append("--cpu")
     if rho is not None:
         argv += ["--rho", repr(float(rho))]
+        if run.get("probe_ratio") is not None:
+            argv += ["--probe-rho", repr(float(run["probe_ratio"]) * float(rho))]
     return argv + (["--", *extra] if extra else [])
 
 
@@ -225,6 +233,8 @@ def status_lines(plan: dict) -> List[str]:
                 rho = f"sweep -> {chosen}" if chosen is not None else "sweep (not done)"
             out.append(f"pending  {run['name']}: {run['opt']}"
                        + (f", rho {rho}" if rho is not None else "")
+                       + (f", probe-rho {run['probe_ratio']:g} x rho" if run.get("probe_ratio")
+                          else "")
                        + (f", {' '.join(run['args'])}" if run["args"] else ""))
     return out
 
