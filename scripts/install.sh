@@ -18,8 +18,9 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 PY="$VENV/bin/python"
-MODULES="torch, numpy, fairseq, hydra, omegaconf, bitarray, sacrebleu, sentencepiece, sklearn, \
-scipy, regex, tqdm, yaml, packaging, pytest, sacremoses, subword_nmt, matplotlib, tensorboardX"
+# matplotlib first: importing fairseq turns the root logger to DEBUG on stderr
+MODULES="matplotlib, tensorboardX, torch, numpy, fairseq, hydra, omegaconf, bitarray, sacrebleu, \
+sentencepiece, sklearn, scipy, regex, tqdm, yaml, packaging, pytest, sacremoses, subword_nmt"
 OMITTED='^fairseq-fixed [^ ]+ requires (torchaudio|cffi), which is not installed\.$'
 pip_q() { "$PY" -m pip install -q --disable-pip-version-check "$@"; }
 if ! "$PY" -c "import $MODULES" 2>/dev/null; then
