@@ -19,8 +19,6 @@ from typing import Any, Callable, Dict, Mapping
 
 from .core import VARIANTS
 
-STYLES = ("python", "cli", "hydra")
-
 
 @dataclass(frozen=True)
 class Rule:
