@@ -187,8 +187,7 @@ def shell_join(command: Sequence[str]) -> str:
 def run_tee(command: Sequence[str], log: Path, env: Optional[dict] = None,
             echo: bool = True) -> int:
     """Runs the command with stdout+stderr appended to ``log`` (and echoed live)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1",
-           **(env or {})}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     with open(log, "a", buffering=1) as out:
         proc = subprocess.Popen(list(map(str, command)), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, env=env, bufsize=1)
@@ -321,12 +320,15 @@ def average_checkpoints(paths: Sequence, output) -> Path:
     """Averages the model weights of the checkpoints like fairseq's
     ``scripts/average_checkpoints.py`` (which the fairseq-fixed wheel does not ship): the other
     entries come from the first checkpoint; sums are taken in float64 and cast back to each
-    tensor's dtype; integer tensors (buffers) are floor-divided."""
+    tensor's dtype; integer tensors (buffers) are floor-divided. Each file is read with torch's
+    safe loader (fairseq's types allowed; anything else is refused before any of it runs)."""
     import torch
+
+    from fairseq_xsam.fairseq.checkpoints import load
 
     state, sums, keys = None, {}, None
     for path in paths:
-        loaded = torch.load(path, map_location="cpu", weights_only=False)
+        loaded = load(path)
         model = loaded["model"]
         if keys is None:
             state, keys = loaded, list(model)

@@ -101,8 +101,7 @@ class Context:
         path = [str(ROOT)] + ([] if self.smoke else [str(self.site)])
         old = os.environ.get("PYTHONPATH")
         return {**os.environ, "PYTHONPATH": ":".join(path + ([old] if old else [])),
-                "PYTHON": self.python, "PYTHONUNBUFFERED": "1",
-                "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
+                "PYTHON": self.python, "PYTHONUNBUFFERED": "1"}
 
 
 # ------------------------------------------------------------------------------ the phases

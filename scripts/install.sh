@@ -4,6 +4,13 @@
 # Facts behind each line: ../shared/ENVIRONMENT.md (fairseq 0.12.2 is broken on Python 3.11;
 # --no-build-isolation keeps pip from building fairseq against a CUDA torch; --no-deps keeps
 # out torchaudio, which fails to load beside torch 2.13).
+#
+# fairseq-fixed declares torchaudio and cffi, which are left out on purpose (torchaudio 2.11
+# does not load beside torch 2.13; fairseq's code imports neither outside its notebooks). Its
+# real dependencies are installed BEFORE it, so no later pip run re-checks it and prints pip's
+# resolver "ERROR: ... fairseq-fixed requires torchaudio" lines. The end checks the result:
+# every module the package, the recipes and the tests import, then `pip check` with exactly
+# those two declared-but-omitted requirements accepted; anything else fails loudly (exit 1).
 set -euo pipefail
 VENV=${1:-.venv}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -11,15 +18,30 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 PY="$VENV/bin/python"
+# matplotlib first: importing fairseq turns the root logger to DEBUG on stderr
+MODULES="matplotlib, tensorboardX, torch, numpy, fairseq, hydra, omegaconf, bitarray, sacrebleu, \
+sentencepiece, sklearn, scipy, regex, tqdm, yaml, packaging, pytest, sacremoses, subword_nmt"
+OMITTED='^fairseq-fixed [^ ]+ requires (torchaudio|cffi), which is not installed\.$'
 pip_q() { "$PY" -m pip install -q --disable-pip-version-check "$@"; }
-if ! "$PY" -c "import torch, fairseq, sacrebleu, sentencepiece, hydra, pytest, sacremoses, subword_nmt, matplotlib" 2>/dev/null; then
+if ! "$PY" -c "import $MODULES" 2>/dev/null; then
   echo "[install] torch 2.13.0 (CPU) and build tools"
   pip_q torch==2.13.0 numpy cython setuptools wheel
-  echo "[install] fairseq-fixed 0.12.3.1 (compiles its extensions, about 2-3 minutes)"
-  pip_q --no-build-isolation --no-deps fairseq-fixed==0.12.3.1
   echo "[install] fairseq's runtime dependencies, BLEU, BPE, plotting and test tools"
   pip_q hydra-core==1.3.2 omegaconf==2.3.0 bitarray sacrebleu sentencepiece scikit-learn scipy \
         regex tqdm pyyaml packaging pytest sacremoses subword-nmt matplotlib tensorboardX
+  echo "[install] fairseq-fixed 0.12.3.1 (compiles its extensions, about 2-3 minutes)"
+  pip_q --no-build-isolation --no-deps fairseq-fixed==0.12.3.1
 fi
 pip_q --no-deps --no-build-isolation -e "$ROOT"
+if ! "$PY" -c "import $MODULES, fairseq_xsam"; then
+  echo "[install] FAILED: a module above does not import in $VENV" >&2
+  exit 1
+fi
+broken=$("$PY" -m pip check 2>&1 | grep -Ev "$OMITTED" | grep -v '^No broken requirements' || true)
+if [ -n "$broken" ]; then
+  echo "[install] FAILED: pip check reports missing or conflicting packages:" >&2
+  echo "$broken" >&2
+  exit 1
+fi
+echo "[install] note: fairseq-fixed's declared torchaudio and cffi are not installed (not needed)"
 "$PY" -c "import fairseq, fairseq_xsam, torch; print('[install] ready: torch', torch.__version__, 'fairseq', fairseq.__version__)"

@@ -145,10 +145,9 @@ class Setup:
 
 def load_setup(args) -> Setup:
     """Loads ``args.checkpoint`` the fairseq way and takes the batches the options select."""
-    os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     from fairseq_xsam.fairseq import register
 
-    register()  # xsam_adamw checkpoints name the optimizer; also makes torch.load accept them
+    register()  # xsam_adamw checkpoints name the optimizer; fairseq's types for torch's safe load
     from fairseq import checkpoint_utils, utils
 
     if not os.path.isfile(args.checkpoint):

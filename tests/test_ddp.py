@@ -96,7 +96,7 @@ def test_local_ascent_averages_per_worker_xsam_gradients(tmp_path, backend, port
         tmp_path, data, ["--ddp-backend", backend, "--sam-local-ascent", "--alpha-search", "3",
                          "--dropout", "0.0", "--max-epoch", "2"], dump_update=3, port=port + 2)
     assert_ranks_agree(r0, r1, searches=2)
-    dumps = [torch.load(out / f"dump{r}.pt", weights_only=False) for r in (0, 1)]
+    dumps = [torch.load(out / f"dump{r}.pt") for r in (0, 1)]  # tensors and numbers only
     assert dumps[0]["alpha"] == dumps[1]["alpha"] != 1.0
     for a, b in zip(dumps[0]["grad"], dumps[1]["grad"]):
         assert torch.equal(a, b)  # averaged once: the same descent gradient on both ranks

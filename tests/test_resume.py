@@ -11,6 +11,7 @@ import time
 import torch
 
 from fairseq_helpers import TINY_ARCH, make_corpus
+from fairseq_xsam.fairseq.checkpoints import load
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMING = re.compile(r"(wps|ups|wall|train_wall|gb_free)=[^,\s]+,?\s?")
@@ -46,7 +47,8 @@ def sigkill_then_resume_is_bit_exact(tmp_path, extra=(), before_resume=None):
     the killed run's checkpoint); returns the uninterrupted run's per-update lines and α
     searches (see :func:`per_update`)."""
     data = make_corpus(str(tmp_path / "corpus"))
-    env = dict(os.environ, OMP_NUM_THREADS="1", XSAM_PAUSE_AT="-1",
+    env = {k: v for k, v in os.environ.items() if k != "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"}
+    env.update(OMP_NUM_THREADS="1", XSAM_PAUSE_AT="-1",
                XSAM_PAUSE_MARKER=str(tmp_path / "paused"))
     whole = subprocess.run(command(data, str(tmp_path / "whole"), extra), capture_output=True,
                            text=True, env=env, timeout=300)
@@ -86,8 +88,7 @@ def sigkill_then_resume_is_bit_exact(tmp_path, extra=(), before_resume=None):
     assert r_search == {u: w_search[u] for u in (4, 7, 10, 13, 16)}
 
     def last(folder):
-        return torch.load(os.path.join(folder, "checkpoint_last.pt"), map_location="cpu",
-                          weights_only=False)
+        return load(os.path.join(folder, "checkpoint_last.pt"))  # weights_only=True
 
     a, b = last(str(tmp_path / "whole")), last(save)
     assert a["model"].keys() == b["model"].keys()

@@ -1,15 +1,18 @@
-"""fairseq registration: ``--optimizer xsam_adamw`` and the trainer hook that attaches the glue.
+"""fairseq registration: ``--optimizer xsam_adamw``, the trainer hook that attaches the glue,
+the option checks and the checkpoint types for torch's safe loader.
 
-The one change to fairseq's classes is :func:`_patch_trainer`: after ``Trainer._build_optimizer``
-it attaches :class:`~fairseq_xsam.fairseq.glue.TrainerGlue` when (and only when) the optimizer is
-``xsam_adamw``; other optimizers are untouched.
+Two fairseq functions are wrapped, each named and idempotent: :func:`_patch_trainer` (after
+``Trainer._build_optimizer`` it attaches :class:`~fairseq_xsam.fairseq.glue.TrainerGlue` when, and
+only when, the optimizer is ``xsam_adamw``) and
+:func:`fairseq_xsam.fairseq.options.patch_merge_with_parent` (checks ``xsam_adamw``'s options where
+fairseq-hydra-train's config meets the dataclass). Other optimizers are untouched. Nothing is
+changed in the process environment: checkpoints load with torch's ``weights_only=True``.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import os
 
 logger = logging.getLogger(__name__)
 
@@ -39,12 +42,15 @@ def _patch_trainer():
 
 
 def register():
-    """Registers ``xsam_adamw`` (idempotent) and makes fairseq checkpoints loadable."""
-    # torch >= 2.6 loads with weights_only=True, which rejects fairseq checkpoints (they pickle
-    # argparse/omegaconf objects): resume and fairseq-generate would fail on day one.
-    os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    """Registers ``xsam_adamw`` and its checks (idempotent) and allows fairseq checkpoints for
+    torch's safe loader (:mod:`fairseq_xsam.fairseq.checkpoints`)."""
     from fairseq.optim import OPTIMIZER_REGISTRY
+
+    from . import checkpoints, options
+
+    checkpoints.register()
 
     if "xsam_adamw" not in OPTIMIZER_REGISTRY:
         from . import optimizer  # noqa: F401  (registers on import)
     _patch_trainer()
+    options.patch_merge_with_parent()

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
+from fairseq.dataclass import ChoiceEnum
 from fairseq.optim import FairseqOptimizer, register_optimizer
 from fairseq.optim.adam import Adam, FairseqAdam, FairseqAdamConfig
 from fairseq.optim.fused_adam import get_fused_adam_class
@@ -18,6 +19,9 @@ from fairseq.optim.fused_adam import get_fused_adam_class
 from ..core import VARIANTS
 from ..optim import HYPERPARAMETERS as XSAM_KEYS, XSAM
 from ..settings import check
+from . import options
+
+SAM_VARIANT_CHOICES = ChoiceEnum(list(VARIANTS))  # argparse choices, checked by hydra too
 
 
 @dataclass
@@ -28,7 +32,7 @@ class XSAMAdamWConfig(FairseqAdamConfig):
         "help": "probe radius rho' > 0 of the alpha search (paper, IWSLT14: 0.45; usually 2-3 rho)"})
     ascent_steps: int = field(default=1, metadata={
         "help": "ascent steps k >= 1; an update costs k+1 forward/backward passes"})
-    sam_variant: str = field(default="xsam", metadata={
+    sam_variant: SAM_VARIANT_CHOICES = field(default="xsam", metadata={
         "help": "descent direction: " + ", ".join(VARIANTS) + " (xsam searches alpha; fixed uses "
                 "--alpha; sam/msam/msam+/lsam/lsam+ are the paper's baselines)"})
     alpha: float = field(default=1.0, metadata={
@@ -66,10 +70,18 @@ class XSAMAdamW(FairseqOptimizer):
     learning-rate schedule, ``--clip-norm`` and weight decay act on it unchanged.
     """
 
+    @classmethod
+    def add_args(cls, parser):
+        """The dataclass's options, checked where the command line is parsed (exit status 2 and
+        one line naming the option, value and allowed range, before any data is read)."""
+        super().add_args(parser)
+        options.check_while_parsing(parser)
+
     def __init__(self, cfg: XSAMAdamWConfig, params):
         super().__init__(cfg)
+        variant = str(cfg.sam_variant)  # a fairseq ChoiceEnum member in a merged config
         self.schedule = check(rho=cfg.rho, probe_rho=cfg.probe_rho,
-                              ascent_steps=cfg.ascent_steps, variant=cfg.sam_variant,
+                              ascent_steps=cfg.ascent_steps, variant=variant,
                               alpha=cfg.alpha, alpha_max=cfg.alpha_max,
                               alpha_step=cfg.alpha_step, search=cfg.alpha_search,
                               adaptive=cfg.adaptive, asam_eta=cfg.asam_eta,
@@ -82,7 +94,7 @@ class XSAMAdamW(FairseqOptimizer):
                          and not cfg.use_old_adam and not cfg.tpu) else Adam
         self._optimizer = XSAM(
             params, base, rho=cfg.rho, probe_rho=cfg.probe_rho, ascent_steps=cfg.ascent_steps,
-            variant=cfg.sam_variant, alpha=cfg.alpha, alpha_max=cfg.alpha_max,
+            variant=variant, alpha=cfg.alpha, alpha_max=cfg.alpha_max,
             alpha_step=cfg.alpha_step, search_every=self.schedule, adaptive=cfg.adaptive,
             asam_eta=cfg.asam_eta, alpha_expand_probes=cfg.alpha_expand_probes,
             **self.optimizer_config)
@@ -95,7 +107,7 @@ class XSAMAdamW(FairseqOptimizer):
         XSAM's options; α and the search clock come from the checkpoint (for 'xsam')."""
         current = {key: self.optimizer.param_groups[0][key] for key in XSAM_KEYS}
         super().load_state_dict(state_dict, {**(optimizer_overrides or {}), **current})
-        if not VARIANTS[self.cfg.sam_variant].searches:
+        if not VARIANTS[str(self.cfg.sam_variant)].searches:
             self.optimizer.search_state["alpha"] = float(self.cfg.alpha)
 
     @property

@@ -1,0 +1,135 @@
+"""``xsam_adamw``'s options checked where fairseq reads them, before any data is loaded.
+
+The rules are :data:`fairseq_xsam.settings.RULES` (one table, one wording); this module only
+connects them to fairseq's two ways in:
+
+- ``fairseq-train`` (and every tool using ``options.parse_args_and_arch``):
+  :func:`check_while_parsing` runs from ``XSAMAdamW.add_args``, i.e. only when the command line
+  chose ``--optimizer xsam_adamw``. A bad value ends the program the way argparse does, on one
+  line and with exit status 2: ``fairseq-train: error: argument --rho: invalid value -1.0
+  (allowed: --rho > 0)``.
+- ``fairseq-hydra-train``: the plugin is imported (``common.user_dir``) at the start of
+  ``fairseq_cli.train.main``, whose next call, ``add_defaults``, merges the composed
+  ``optimizer`` config into ``XSAMAdamWConfig`` with ``fairseq.dataclass.utils.
+  merge_with_parent``. :func:`patch_merge_with_parent` checks the values there, for this
+  dataclass only: ``fairseq-hydra-train: error: optimizer.rho: invalid value -1.0 (allowed:
+  optimizer.rho > 0)``, exit status 2. Called from Python outside a hydra job, the same check
+  raises :class:`~fairseq_xsam.settings.OptionError` (a ``ValueError``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import os
+import sys
+
+from ..settings import FIELDS, OptionError, option_name, parse_text, validate
+
+_CLI_PREFIXES = tuple(f"argument {option_name(field, 'cli')}:" for field in FIELDS)
+
+
+def _defaults() -> dict:
+    from .optimizer import XSAMAdamWConfig
+
+    return {f.name: parse_text(f.name, f.default)  # a default may be text (--alpha-max "2.0")
+            for f in dataclasses.fields(XSAMAdamWConfig) if f.name in FIELDS}
+
+
+def _text_type(field: str):
+    def convert(text):
+        return parse_text(field, text)  # text that does not parse is reported by validate()
+
+    convert.__name__ = field
+    return convert
+
+
+def check_while_parsing(parser: argparse.ArgumentParser) -> None:
+    """Makes fairseq's ``parser`` check xsam_adamw's options once it has parsed them.
+
+    Each option's text is converted by its rule; after ``parse_known_args`` the whole table is
+    checked (cross-option rules too: ``--alpha <= --alpha-max``); the first failure, and
+    argparse's own errors about these options (``--sam-variant``'s ``invalid choice``), end
+    the program with one line ``PROG: error: MESSAGE`` and exit status 2 (no usage block).
+    Idempotent; other options and errors are left to argparse and fairseq.
+    """
+    for action in parser._actions:
+        if action.dest in FIELDS and action.type is not None and not action.choices:
+            action.type = _text_type(action.dest)
+    if getattr(parser, "_xsam_checks", False):
+        return
+    parser._xsam_checks = True
+    parse_known_args, error = parser.parse_known_args, parser.error
+
+    def checked_parse_known_args(args=None, namespace=None):
+        namespace, extra = parse_known_args(args, namespace)
+        if getattr(namespace, "optimizer", None) == "xsam_adamw":
+            given = {f: getattr(namespace, f) for f in FIELDS if hasattr(namespace, f)}
+            try:
+                validate({**_defaults(), **given}, "cli")
+            except OptionError as err:
+                parser.error(str(err))
+        return namespace, extra
+
+    def one_line_error(message):
+        if message.startswith(_CLI_PREFIXES):
+            parser.exit(2, f"{parser.prog}: error: {message}\n")
+        error(message)
+
+    parser.parse_known_args = checked_parse_known_args
+    parser.error = one_line_error
+
+
+def check_config(cfg) -> dict:
+    """Checks an ``optimizer`` config (DictConfig, dict or Namespace) holding xsam_adamw's
+    fields; missing ones take the dataclass defaults. Returns the checked values."""
+    def get(field):
+        if isinstance(cfg, argparse.Namespace):
+            return getattr(cfg, field)
+        return cfg.get(field) if hasattr(cfg, "get") else getattr(cfg, field)
+
+    present = [f for f in FIELDS if (hasattr(cfg, f) if isinstance(cfg, argparse.Namespace)
+                                     else f in cfg)]
+    given = {f: parse_text(f, get(f)) for f in present}
+    if "sam_variant" in given:
+        given["sam_variant"] = str(given["sam_variant"])  # a ChoiceEnum member once merged
+    return validate({**_defaults(), **given}, "hydra")
+
+
+def _in_hydra_job() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+    except ImportError:  # pragma: no cover - fairseq requires hydra
+        return False
+    return HydraConfig.initialized()
+
+
+def patch_merge_with_parent() -> None:
+    """Wraps ``fairseq.dataclass.utils.merge_with_parent`` to run :func:`check_config` before
+    a config is merged into ``XSAMAdamWConfig`` (idempotent; other dataclasses untouched)."""
+    from fairseq.dataclass import utils
+
+    merge = utils.merge_with_parent
+    if getattr(merge, "_xsam_patched", False):
+        return
+    from .optimizer import XSAMAdamWConfig
+
+    @functools.wraps(merge)
+    def merge_with_parent(dc, cfg, *args, **kwargs):
+        is_xsam = (isinstance(dc, XSAMAdamWConfig)
+                   or (isinstance(dc, type) and issubclass(dc, XSAMAdamWConfig)))
+        if is_xsam:
+            try:
+                check_config(cfg)
+            except OptionError as err:
+                if not _in_hydra_job():
+                    raise
+                prog = os.path.basename(sys.argv[0]) or "fairseq-hydra-train"
+                sys.stderr.write(f"{prog}: error: {err}\n")
+                sys.stderr.flush()
+                raise SystemExit(2) from None
+        return merge(dc, cfg, *args, **kwargs)
+
+    merge_with_parent._xsam_patched = True
+    utils.merge_with_parent = merge_with_parent
