@@ -11,5 +11,5 @@
 # Python: $PYTHON if set, else the repository's .venv/bin/python if present, else python3.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-source "$here/../recipes/iwslt14_de_en/python.sh"
+source "$here/../recipes/python.sh"
 exec "$PYTHON" "$here/gpu_check.py" "$@"

@@ -115,11 +115,13 @@ def test_hydra_config_and_command_line_agree_on_auto(monkeypatch):
         "+optimizer.alpha_max=auto", "+optimizer.alpha_expand_probes=5"])
     assert differences(cli, hyd) == []
     assert (hyd["optimizer"]["alpha_max"], hyd["optimizer"]["alpha_expand_probes"]) == ("auto", 5)
-    # a number given to hydra reads as the command line's string
+    # a number given to hydra is the command line's number (the config field holds text: "3"
+    # from hydra, "3.0" from the command line, whose parser checked it as a number)
     three = hydra_cfg(recipe.CONFIG_DIR, "xsam", ["task.data=d", "+optimizer.alpha_max=3"])
-    assert three["optimizer"]["alpha_max"] == fairseq_cfg(dry_run(
-        "xsam", "--data", "d", "--", "--alpha-max", "3"))["optimizer"]["alpha_max"] == "3"
-    for cfg, expected in ((hyd, "auto"), (three, 3.0)):
+    three_cli = fairseq_cfg(dry_run("xsam", "--data", "d", "--", "--alpha-max", "3"))
+    assert float(three["optimizer"]["alpha_max"]) == float(three_cli["optimizer"]["alpha_max"]) \
+        == 3.0
+    for cfg, expected in ((hyd, "auto"), (three, 3.0), (three_cli, 3.0)):
         opt = XSAMAdamW(OmegaConf.create(cfg["optimizer"]), [torch.nn.Parameter(torch.ones(2))])
         assert opt.optimizer.hyper["alpha_max"] == expected
 
