@@ -331,7 +331,7 @@ class Traffic(TorchDispatchMode):
             largest = max(largest, _nbytes(out))
             self.allocations += _nbytes(out) >= big
         if read + written < big:
-            self.small += 1
+            self.small += _touches_tensors(args, kwargs)  # not dtype helpers and the like
             return
         self.read += read / self.param_bytes
         self.written += written / self.param_bytes
@@ -349,6 +349,12 @@ class Traffic(TorchDispatchMode):
                 "sweeps": {k: round(self.sweeps.get(k, 0), 2) for k in KINDS},
                 "small_ops": self.small,
                 "allocations": self.allocations, "host_syncs": self.syncs}
+
+
+def _touches_tensors(args, kwargs) -> bool:
+    values = list(args) + list(kwargs.values())
+    return any(torch.is_tensor(v) or (isinstance(v, (list, tuple)) and any(map(torch.is_tensor, v)))
+               for v in values)
 
 
 def _nbytes(value) -> int:
@@ -429,13 +435,25 @@ def fp16_flat(theta):
 
 
 def traffic_table(theta) -> dict:
-    """{label: figures} for every update kind, plus the fp16 flat master layout."""
+    """{label: figures} for every update kind, the fp16 flat master layout, and the path that
+    many CUDA tensors take (scale in place first, :func:`fairseq_xsam.core.one_sweep_axpy`)."""
+    from fairseq_xsam import core
+
     table = {label: count_traffic(theta, **dict(kind)) for label, kind in UPDATE_KINDS}
     for label, kind in (("sam, --fp16 flat master", dict(variant="sam")),
                         ("xsam (no search), --fp16 flat master",
                          dict(variant="fixed", alpha=0.5))):
         flat, moved = fp16_flat(theta)
         table[label] = count_traffic(flat, moved=moved, **kind)
+    one_sweep = core.one_sweep_axpy
+    core.one_sweep_axpy = lambda tensors: False
+    try:
+        for label, kind in (("sam, many CUDA tensors", dict(variant="sam")),
+                            ("xsam (no search), many CUDA tensors",
+                             dict(variant="fixed", alpha=0.5))):
+            table[label] = count_traffic(theta, **kind)
+    finally:
+        core.one_sweep_axpy = one_sweep
     return table
 
 

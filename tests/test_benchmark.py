@@ -104,3 +104,31 @@ def test_traffic_counts_small_ops_syncs_allocations_and_pauses():
     f = counter.figures()
     assert f["host_syncs"] == 1 and f["allocations"] == 1
     assert f["small_ops"] >= 1 and f["sweeps"]["unary"] == 1 and f["sweeps"]["reduce"] == 0
+
+
+def test_traffic_of_every_update_kind():
+    """The sweeps of each update, counted on the real update, against the algorithm's steps
+    (docs/performance.md, "Traffic model"). SAM: θ → backup (R1 W1), ‖g_0‖ (R1), θ += s·g_0
+    (R2 W1), ‖g_k‖ (R1), backup → θ (R1 W1). XSAM adds: θ_k − θ in place (R2 W1), ‖θ_k − θ‖
+    (R1; with ‖g_k‖ in one call), x = d − t·g_k (R2 W1), ‖x‖ (R1), g ← b·g (R1 W1),
+    g += a·x (R2 W1)."""
+    b = _benchmark()
+    torch.manual_seed(0)
+    theta = [torch.randn(200, 300), torch.randn(300), torch.randn(0), torch.randn(300, 100)]
+    table = b.traffic_table(theta)
+    sam, xsam = table["sam"], table["xsam (no search), fixed"]
+    assert (sam["read"], sam["written"]) == (6, 3)
+    assert (xsam["read"] - sam["read"], xsam["written"] - sam["written"]) == (9, 4)
+    assert xsam["sweeps"] == {"reduce": 4, "unary": 1, "binary": 4, "ternary": 0, "copy": 2}
+    # many CUDA tensors: each y += s·x is an in-place scaling and an add (same launches as before)
+    assert table["sam, many CUDA tensors"]["sweeps"]["unary"] == 1  # ε = s·g_0 in place
+    many = table["xsam (no search), many CUDA tensors"]
+    assert many["sweeps"]["unary"] == 1 + 3 and many["sweeps"]["binary"] == 4
+    # --fp16: every move of θ (k + 1 per update) also writes the fp16 weights (half a sweep)
+    assert table["xsam (no search), --fp16 flat master"]["written"] == xsam["written"] + 1
+    for label, f in table.items():
+        searching = label.startswith("xsam, search")
+        assert f["host_syncs"] == 0 or searching, label
+        # a buffer beyond θ's copy: the probes' displacement, or msam/lsam's running sum
+        expected = 1 if (searching or label.startswith(("msam", "lsam"))) else 0
+        assert f["allocations"] == expected, (label, f)

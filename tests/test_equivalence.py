@@ -5,7 +5,9 @@ sums, φ from atan2(‖v − ⟨u,v⟩u‖, ⟨u,v⟩) (not the package's chord 
 and weight decay written out. The package must agree with it to ≤ 1e-10 relative over 20 steps
 on random models (parameters of several shapes, a zero-size one, one that never gets a gradient),
 for k = 1 and 3, ASAM on and off, with and without α searches, at generic angles φ and at φ near
-0 and near π (where d(α) is ill-conditioned: a check of the order of operations).
+0 and near π (where d(α) is ill-conditioned: a check of the order of operations). Each case runs
+both ways the core forms y + s·x (one broadcast sweep: CPU, one flat tensor; or scale in place
+first: many CUDA tensors), see ``core.one_sweep_axpy``.
 """
 
 import math
@@ -13,12 +15,19 @@ import math
 import pytest
 import torch
 
-from fairseq_xsam import XSAM, alpha_grid
+from fairseq_xsam import XSAM, alpha_grid, core
 
 SHAPES = [(3, 4), (4,), (0,), (2, 3, 2), (5,)]
 RTOL = 1e-10
 LR, MOMENTUM, WEIGHT_DECAY = 0.05, 0.9, 0.01
 DEGENERATE_SIN, TINY = 1e-6, 1e-30  # ALGORITHM.md: sin φ ~ 0 → v (SAM); a zero norm → no step
+
+
+@pytest.fixture(params=["one-sweep", "scale-first"])
+def path(request, monkeypatch):
+    if request.param == "scale-first":  # the many-CUDA-tensors path, here on the CPU
+        monkeypatch.setattr(core, "one_sweep_axpy", lambda tensors: False)
+    return request.param
 
 
 # -- the models ---------------------------------------------------------------------------------
@@ -200,7 +209,7 @@ def check(regime, variant, k, adaptive, seed=0, steps=20):
 
 
 @pytest.mark.parametrize("variant,k,adaptive", CASES)
-def test_every_variant_matches_the_reference_over_20_steps(variant, k, adaptive):
+def test_every_variant_matches_the_reference_over_20_steps(variant, k, adaptive, path):
     ref = check("generic", variant, k, adaptive)
     if variant in ("xsam", "fixed"):  # generic angles, not a degenerate plane
         assert all(0.05 < phi < math.pi - 0.05 for phi in ref.phis), ref.phis
@@ -209,7 +218,7 @@ def test_every_variant_matches_the_reference_over_20_steps(variant, k, adaptive)
 @pytest.mark.parametrize("regime", ["near0", "nearpi"])
 @pytest.mark.parametrize("variant", ["xsam", "fixed"])
 @pytest.mark.parametrize("adaptive", [False, True])
-def test_plane_variants_match_the_reference_at_extreme_angles(regime, variant, adaptive):
+def test_plane_variants_match_the_reference_at_extreme_angles(regime, variant, adaptive, path):
     ref = check(regime, variant, 1, adaptive)
     phi = ref.phis[0]
     if regime == "near0":
@@ -220,5 +229,26 @@ def test_plane_variants_match_the_reference_at_extreme_angles(regime, variant, a
 
 
 @pytest.mark.parametrize("regime", ["near0", "nearpi"])
-def test_k3_at_extreme_angles(regime):
+def test_k3_at_extreme_angles(regime, path):
     check(regime, "xsam", 3, False)
+
+
+@pytest.mark.parametrize("variant", ["xsam", "fixed", "lsam+", "msam+"])
+def test_a_zero_first_gradient_gives_g_k(variant, path):
+    # g_0 = 0: no ascent (θ_k = θ), u undefined; the descent gradient is g_k = ∇L(θ)
+    theta = [torch.tensor([1.0, -2.0], dtype=torch.float64), torch.zeros(0, dtype=torch.float64)]
+    g_k = [torch.tensor([0.3, 0.4], dtype=torch.float64), torch.zeros(0, dtype=torch.float64)]
+    grads = [torch.zeros(2, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)]
+    out = [None]
+
+    def compute_grad():
+        out[0] = [t.clone() for t in g_k]
+        return out[0]
+
+    backup = [torch.empty_like(t) for t in theta]
+    info = core.sharpness_update(theta, grads, backup, rho=0.1, ascent_steps=1, variant=variant,
+                                 alpha=1.5, compute_grad=compute_grad,
+                                 search_grid=alpha_grid(2.0, 0.5) if variant == "xsam" else None,
+                                 probe_rho=0.2, compute_loss=lambda: theta[0].sum())
+    assert torch.allclose(out[0][0], g_k[0], rtol=1e-15, atol=0) and float(info.grad_norm) == 0.5
+    assert torch.equal(theta[0], torch.tensor([1.0, -2.0], dtype=torch.float64))
