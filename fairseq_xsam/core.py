@@ -428,8 +428,9 @@ def search_alpha_(theta, backup, plane: Plane, grid, expansion, probe_rho, compu
     while each new loss is above every earlier one (strictly: a tie keeps the smaller α; a
     non-finite loss stops it), α·φ ≤ π, and at most ``expansion.probes`` times. So when the
     maximum is inside the grid the result is the fixed grid's, probe for probe. Probes move
-    ``theta`` from ``backup`` (θ) within the ``plane``; ``theta`` is left at the last probe. Fills ``info``: probe_alphas, probe_losses, alpha (None if no
-    probe was finite), searched, at_edge and edge (:func:`edge_of`).
+    ``theta`` from ``backup`` (θ) within the ``plane``; ``theta`` is left at the last probe.
+    Fills ``info``: probe_alphas, probe_losses, alpha (None if no probe was finite), searched,
+    at_edge and edge (:func:`edge_of`).
     """
     info = info if info is not None else UpdateInfo(grad_norm=torch.zeros(()))
     alphas = [float(a) for a in grid]

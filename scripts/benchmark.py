@@ -234,19 +234,21 @@ def transformer_case(args) -> int:
             json.dump(figures, f, indent=1)
     if args.profile:
         for name in ("sam", "xsam"):
-            profile(name, trainers[name], batches, args)
+            profile(name, lambda i, t=trainers[name]: t.train_step([batches[i % len(batches)]]),
+                    args)
     return 0
 
 
-def profile(name, trainer, batches, args) -> None:
-    """torch.profiler over ``args.profile`` plain (non-search) updates: where the time goes."""
+def profile(name, step, args) -> None:
+    """torch.profiler over ``args.profile`` calls of ``step(i)`` (plain, non-search updates):
+    where the time goes."""
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda"
                                            else [])
     with torch_profile(activities=activities) as prof:
         for i in range(args.profile):
-            trainer.train_step([batches[i % len(batches)]])
+            step(i)
         sync(args.device)
     key = "self_cuda_time_total" if args.device == "cuda" else "self_cpu_time_total"
     print(f"\n[profile] {name}: {args.profile} updates, top operators by {key}")
@@ -370,8 +372,8 @@ UPDATE_KINDS = [
     ("sam", dict(variant="sam")),
     ("xsam (no search), fixed", dict(variant="fixed", alpha=0.5)),
     ("xsam, search update (21 probes)", dict(variant="xsam", alpha=0.5, search=True)),
-    ("msam / msam+, k=1", dict(variant="msam+")),
-    ("lsam / lsam+, k=1", dict(variant="lsam+")),
+    ("msam+, k=1", dict(variant="msam+")),  # msam and lsam with k = 1 are SAM
+    ("lsam+, k=1", dict(variant="lsam+")),
     ("sam, k=3", dict(variant="sam", ascent_steps=3)),
     ("xsam (no search), k=3", dict(variant="fixed", alpha=0.5, ascent_steps=3)),
     ("msam, k=3", dict(variant="msam", ascent_steps=3)),
@@ -578,6 +580,7 @@ def mlp_case(args) -> int:
             for name, kind in (("math sam", dict(variant="sam")),
                                ("math xsam", dict(variant="fixed", alpha=0.5))):
                 torch._foreach_copy_(scratch, theta)  # on a copy: the models keep training
+                buffers[3].add_(1.0)  # from cold caches, like the sweeps
                 sync(device)
                 start = time.perf_counter()
                 math_update(scratch, grads, backup, current, refill=False, **kind)
@@ -602,6 +605,11 @@ def mlp_case(args) -> int:
                                  for n in ("sam", "xsam")},
             "traffic": table}
         tables[label] = theta
+        if args.profile:
+            for name in ("sam", "xsam"):
+                model, opt = opts[name]
+                profile(f"{label} MLP, {name}", lambda i, m=model, o=opt: mlp_step(m, o, x, y),
+                        args)
     print("\n| MLP | params | batch | base | base ms | SAM ms | XSAM ms | SAM / base | XSAM / SAM "
           "| target | predicted XSAM / SAM | extra memory vs base, SAM / XSAM (MiB) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")

@@ -170,8 +170,8 @@ def run_package(params, loss, unused, steps, **cfg):
     ps = [torch.nn.Parameter(p.clone()) for p in params] + [torch.nn.Parameter(unused.clone())]
     opt = XSAM(ps, torch.optim.SGD, rho=cfg["rho"], probe_rho=cfg["probe_rho"],
                ascent_steps=cfg["k"], variant=cfg["variant"], alpha=cfg["alpha"],
-               search_every=cfg["search_every"], adaptive=cfg["adaptive"], asam_eta=cfg["eta"], lr=LR,
-               momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+               search_every=cfg["search_every"], adaptive=cfg["adaptive"], asam_eta=cfg["eta"],
+               lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
     trajectory, alphas = [], []
     for _ in range(steps):
         opt.step(lambda: loss(flat(ps[:-1])))
