@@ -21,6 +21,12 @@ The functions work in place on the caller's lists (torch convention: a trailing 
 update needs one parameter-sized buffer (the copy of θ) and, only on search updates, a second one
 (the displacement, kept while the probes move θ). Scalars that depend on the data stay 0-dim
 tensors: nothing here synchronises with the host except the α search, which must pick an α.
+
+Where the passes are short the update's cost is its sweeps over the parameters, so they are kept
+few (docs/performance.md counts them per update kind): u and v are never normalised in memory,
+the plane is held as x = ‖θ_k − θ‖·(u − v) and g_k with the 1/‖·‖ factors folded into the scalars
+(:class:`Plane`), the two norms that do not depend on each other come from one ``_foreach_norm``,
+y + s·x is one sweep where a broadcast 0-dim scale allows it (:func:`one_sweep_axpy`).
 """
 
 from __future__ import annotations
@@ -73,6 +79,32 @@ def global_norm(tensors: Sequence[Tensor]) -> Tensor:
     dtype = torch.promote_types(tensors[0].dtype, torch.float32)
     norms = torch._foreach_norm(list(tensors), 2, dtype=dtype)
     return torch.linalg.vector_norm(torch.stack(norms))
+
+
+def global_norms(first: Sequence[Tensor], second: Sequence[Tensor]):
+    """(‖first‖, ‖second‖) as :func:`global_norm` gives them, from one ``_foreach_norm`` over both
+    lists (one sweep over each, one launch) and one small reduction."""
+    tensors = list(first) + list(second)
+    if len(first) == 0 or len(first) != len(second):
+        return global_norm(first), global_norm(second)
+    dtype = torch.promote_types(tensors[0].dtype, torch.float32)
+    norms = torch.stack(torch._foreach_norm(tensors, 2, dtype=dtype)).view(2, len(first))
+    return torch.linalg.vector_norm(norms, dim=1).unbind()
+
+
+def one_sweep_axpy(tensors: Sequence[Tensor]) -> bool:
+    """Whether y ← y + s·x with a 0-dim tensor s (:func:`add_scaled_`) is one sweep over these
+    tensors. On the CPU every foreach op is a loop over the tensors anyway, so a broadcast scale
+    costs nothing, and one flat tensor (fairseq's --fp16 master) is one kernel anywhere; for many
+    CUDA tensors a broadcast scale would leave the multi-tensor fast path (a kernel per tensor),
+    so there the scale is applied in place first (one more sweep, same launches as before)."""
+    return len(tensors) <= 1 or tensors[0].device.type == "cpu"
+
+
+def add_scaled_(target: TensorList, tensors: TensorList, scale: Tensor, sign: float = 1.0) -> None:
+    """target ← target + sign·scale·tensors for a 0-dim tensor ``scale``, in one sweep, without a
+    host sync and without touching ``tensors`` (see :func:`one_sweep_axpy`)."""
+    torch._foreach_addcmul_(target, tensors, [scale] * len(tensors), value=sign)
 
 
 #: α_max = 'auto': the base grid is the paper's 0..2; the search may continue past it.
@@ -147,52 +179,106 @@ def interpolation_coefficients(alpha, phi: Tensor, degenerate: Tensor):
 
     Where ``degenerate`` (u ∥ v, or u or v undefined) the result is (0, 1): d = v, SAM's direction.
     """
-    sin_phi = torch.sin(phi)
-    safe = torch.where(degenerate, torch.ones_like(sin_phi), sin_phi)
-    c_u = torch.where(degenerate, torch.zeros_like(phi), torch.sin((1.0 - alpha) * phi) / safe)
-    c_v = torch.where(degenerate, torch.ones_like(phi), torch.sin(alpha * phi) / safe)
-    return c_u, c_v
+    # the three sines in one op (a 1-D α gives rows of candidates)
+    sines = torch.sin(torch.stack(torch.broadcast_tensors(phi, (1.0 - alpha) * phi, alpha * phi)))
+    ratios = sines[1:] / torch.where(degenerate, 1.0, sines[0])
+    return torch.where(degenerate, 0.0, ratios[0]), torch.where(degenerate, 1.0, ratios[1])
 
 
 def ascent_step_(theta: TensorList, grads: TensorList, radius: float,
-                 asam_scale: Optional[TensorList] = None) -> Tensor:
-    """θ ← θ + ε with ε = radius·g/‖g‖ (ASAM: radius·T²g/‖Tg‖). ``grads`` is overwritten by ε.
+                 asam_scale: Optional[TensorList] = None,
+                 origin: Optional[TensorList] = None) -> Tensor:
+    """θ ← θ + ε with ε = radius·g/‖g‖ (ASAM: radius·T²g/‖Tg‖). ``grads`` is scratch afterwards.
 
-    Returns ‖g‖ (ASAM: ‖Tg‖). A zero gradient gives ε = 0, not NaN.
+    Returns ‖g‖ (ASAM: ‖Tg‖). A zero gradient gives ε = 0, not NaN. With ``origin`` the step is
+    taken from ``origin`` (θ ← origin + ε): ``theta`` may then hold scratch, e.g. T itself.
     """
     if asam_scale is not None:
         torch._foreach_mul_(grads, asam_scale)
     norm = global_norm(grads)
     if asam_scale is not None:
         torch._foreach_mul_(grads, asam_scale)
-    torch._foreach_mul_(grads, radius / norm.clamp_min(TINY))
-    torch._foreach_add_(theta, grads)
+    if origin is not None:
+        torch._foreach_copy_(theta, origin)
+    step = radius / norm.clamp_min(TINY)
+    if one_sweep_axpy(grads):
+        add_scaled_(theta, grads, step)
+    else:
+        torch._foreach_mul_(grads, step)
+        torch._foreach_add_(theta, grads)
     return norm
 
 
-def plane_(displacement: TensorList, grads: TensorList, grad_norm: Tensor):
-    """Builds the (u, v) plane in place: ``displacement`` (θ_k − θ) becomes u − v, ``grads`` (g_k)
-    becomes v. Returns (φ, degenerate).
+@dataclass
+class Plane:
+    """The (u, v) plane of one update: two lists x = p·(u − v) and g = q·v, and 0-dim tensors.
 
-    φ = 2·asin(‖u − v‖/2) is accurate for every angle, including the small ones where
-    arccos⟨u, v⟩ loses all digits; keeping u − v (not u) lets :func:`combine_` and the probes
-    use u = (u − v) + v without a third buffer.
+    :func:`span_` builds it without normalisation sweeps (p, q are norms); :meth:`normalise_`
+    makes the lists u − v and v (p = q = 1). φ = 2·asin(‖u − v‖/2) is accurate at every angle,
+    also the small ones where arccos⟨u, v⟩ loses all digits; keeping u − v (not u) lets the
+    descent and the probes use u = (u − v) + v without a third buffer.
     """
-    disp_norm = global_norm(displacement)
-    torch._foreach_mul_(displacement, 1.0 / disp_norm.clamp_min(TINY))
-    torch._foreach_mul_(grads, 1.0 / grad_norm.clamp_min(TINY))
-    torch._foreach_sub_(displacement, grads)
-    chord = global_norm(displacement)
-    phi = 2.0 * torch.asin((chord / 2.0).clamp(0.0, 1.0))
-    degenerate = (disp_norm <= TINY) | (grad_norm <= TINY) | (torch.sin(phi) < DEGENERATE_SIN)
-    return phi, degenerate
+
+    x: TensorList
+    g: TensorList
+    p: Tensor
+    q: Tensor
+    grad_norm: Tensor  # ‖g_k‖
+    phi: Tensor
+    degenerate: Tensor  # u ∥ v, or u or v undefined: d(α) = v
+
+    def normalise_(self) -> None:
+        """x ← u − v, g ← v (two sweeps): the form :func:`plane_` returns."""
+        torch._foreach_mul_(self.x, 1.0 / self.p.clamp_min(TINY))
+        torch._foreach_mul_(self.g, 1.0 / self.q.clamp_min(TINY))
+        self.p = self.q = torch.ones_like(self.p)
+
+    def scales(self, alpha, radius):
+        """(a, b) with radius·d(α) = a·x + b·g, from d(α) = c_u·(u − v) + (c_u + c_v)·v; 0-dim
+        tensors, or 1-D for a 1-D tensor of α's."""
+        c_u, c_v = interpolation_coefficients(alpha, self.phi, self.degenerate)
+        return radius * c_u / self.p.clamp_min(TINY), radius * (c_u + c_v) / self.q.clamp_min(TINY)
+
+    def descend_(self, alpha) -> None:
+        """g ← ‖g_k‖·d(α) = a·x + b·g (two sweeps; three for many CUDA tensors); x is scratch."""
+        a, b = self.scales(alpha, self.grad_norm)
+        torch._foreach_mul_(self.g, b)
+        if one_sweep_axpy(self.g):
+            add_scaled_(self.g, self.x, a)
+        else:
+            torch._foreach_mul_(self.x, a)
+            torch._foreach_add_(self.g, self.x)
 
 
-def combine_(u_minus_v: TensorList, v: TensorList, scale_u, scale_v) -> None:
-    """v ← a·u + b·v, computed as a·(u − v) + (a + b)·v; ``u_minus_v`` is scratch afterwards."""
-    torch._foreach_mul_(v, scale_u + scale_v)
-    torch._foreach_mul_(u_minus_v, scale_u)
-    torch._foreach_add_(v, u_minus_v)
+def span_(displacement: TensorList, grads: TensorList,
+          grad_norm: Optional[Tensor] = None) -> Plane:
+    """The plane of ``displacement`` (θ_k − θ) and ``grads`` (g_k, left as it is): one reduction
+    sweep over both, x = θ_k − θ − (‖θ_k − θ‖/‖g_k‖)·g_k = ‖θ_k − θ‖·(u − v) formed in place of
+    ``displacement`` (one sweep; two for many CUDA tensors), one reduction sweep for ‖u − v‖."""
+    if grad_norm is None:
+        disp_norm, grad_norm = global_norms(displacement, grads)
+    else:
+        disp_norm = global_norm(displacement)
+    if one_sweep_axpy(grads):
+        add_scaled_(displacement, grads, disp_norm / grad_norm.clamp_min(TINY), sign=-1.0)
+        p = disp_norm
+    else:  # scaling g instead would lose it when θ_k = θ
+        torch._foreach_mul_(displacement, grad_norm / disp_norm.clamp_min(TINY))
+        torch._foreach_sub_(displacement, grads)
+        p = grad_norm
+    chord = global_norm(displacement) / p.clamp_min(TINY)
+    phi = 2.0 * torch.asin((0.5 * chord).clamp(0.0, 1.0))
+    degenerate = ((torch.minimum(disp_norm, grad_norm) <= TINY)
+                  | (torch.sin(phi) < DEGENERATE_SIN))
+    return Plane(displacement, grads, p, grad_norm, grad_norm, phi, degenerate)
+
+
+def plane_(displacement: TensorList, grads: TensorList, grad_norm: Optional[Tensor] = None):
+    """Builds the (u, v) plane in place: ``displacement`` (θ_k − θ) becomes u − v, ``grads`` (g_k)
+    becomes v. Returns (φ, degenerate). (See :class:`Plane`.)"""
+    plane = span_(displacement, grads, grad_norm)
+    plane.normalise_()
+    return plane.phi, plane.degenerate
 
 
 def pick_alpha(losses: Tensor, grid: Sequence[float]):
@@ -262,50 +348,58 @@ def sharpness_update(
     try:
         asam_scale = None
         if adaptive:
-            asam_scale = torch._foreach_abs(backup)
+            # T = |θ| + η. With one ascent step it lives in θ's own buffer until the step is
+            # taken from the backup (no allocation); with more, T serves every step: a buffer.
+            asam_scale = theta if ascent_steps == 1 else torch._foreach_abs(backup)
+            if ascent_steps == 1:
+                torch._foreach_abs_(theta)
             torch._foreach_add_(asam_scale, asam_eta)
         acc = None
-        count = 0
         radius = rho / ascent_steps
         for i in range(ascent_steps):
             if i > 0:
                 grads = compute_grad()
             if spec.first is not None and i >= spec.first:
-                acc, count = _accumulate(acc, count, grads, spec.normalise)
-            ascent_step_(theta, grads, radius, asam_scale)
+                acc = _accumulate(acc, grads, spec.normalise)
+            ascent_step_(theta, grads, radius, asam_scale,
+                         origin=backup if asam_scale is theta else None)
             moved()
         del asam_scale
         grads = compute_grad()
-        grad_norm = global_norm(grads)
-        info = UpdateInfo(grad_norm=grad_norm)
         if spec.plane:
-            _plane_descent(theta, grads, backup, grad_norm, alpha, search_grid, expansion,
-                           probe_rho, compute_loss, moved, skip_search, max_over_workers, info)
-        elif spec.first is not None:
-            acc, count = _accumulate(acc, count, grads, spec.normalise)
-            scale = grad_norm / global_norm(acc).clamp_min(TINY)
-            torch._foreach_mul_(acc, scale)
-            torch._foreach_copy_(grads, acc)
+            info = _plane_descent(theta, grads, backup, alpha, search_grid, expansion,
+                                  probe_rho, compute_loss, moved, skip_search, max_over_workers)
+        else:
+            info = UpdateInfo(grad_norm=global_norm(grads))
+            if acc is not None:  # Σ over more than g_k alone (for g_k alone: g_k itself)
+                acc = _accumulate(acc, grads, spec.normalise)
+                torch._foreach_mul_(acc, info.grad_norm / global_norm(acc).clamp_min(TINY))
+                torch._foreach_copy_(grads, acc)
     finally:
         torch._foreach_copy_(theta, backup)
         moved()
     return info
 
 
-def _accumulate(acc, count, grads, normalise):
+def _accumulate(acc, grads, normalise):
+    """acc + g (or g/‖g‖); a new list for the first term (``grads`` is reused by the passes)."""
     if normalise:
-        term = torch._foreach_mul(grads, 1.0 / global_norm(grads).clamp_min(TINY))
+        scale = 1.0 / global_norm(grads).clamp_min(TINY)
+        if acc is None:
+            return torch._foreach_mul(grads, scale)
+        if one_sweep_axpy(grads):
+            add_scaled_(acc, grads, scale)
+        else:
+            torch._foreach_add_(acc, torch._foreach_mul(grads, scale))
+    elif acc is None:
+        return torch._foreach_mul(grads, 1.0)  # a copy
     else:
-        term = grads
-    if acc is None:
-        acc = torch._foreach_mul(grads, 1.0) if term is grads else term  # a copy: grads get reused
-    else:
-        torch._foreach_add_(acc, term)
-    return acc, count + 1
+        torch._foreach_add_(acc, grads)
+    return acc
 
 
-def _plane_descent(theta, grads, backup, grad_norm, alpha, search_grid, expansion, probe_rho,
-                   compute_loss, moved, skip_search, max_over_workers, info):
+def _plane_descent(theta, grads, backup, alpha, search_grid, expansion, probe_rho, compute_loss,
+                   moved, skip_search, max_over_workers) -> UpdateInfo:
     searching = search_grid is not None
     if searching:
         # The probes move θ, so the displacement θ_k − θ needs its own buffer this time.
@@ -313,21 +407,19 @@ def _plane_descent(theta, grads, backup, grad_norm, alpha, search_grid, expansio
     else:
         torch._foreach_sub_(theta, backup)
         work = theta
-    phi, degenerate = plane_(work, grads, grad_norm)
-    info.phi = phi
-    if searching and not skip_search(degenerate):
-        search_alpha_(theta, backup, work, grads, phi, degenerate, search_grid, expansion,
-                      probe_rho, compute_loss, moved, max_over_workers, info)
+    plane = span_(work, grads)
+    info = UpdateInfo(grad_norm=plane.grad_norm, phi=plane.phi, alpha=alpha)
+    if searching and not skip_search(plane.degenerate):
+        search_alpha_(theta, backup, plane, search_grid, expansion, probe_rho, compute_loss,
+                      moved, max_over_workers, info)
         if info.alpha is None:  # no finite probe: α is kept
             info.alpha = alpha
-    else:
-        info.alpha = alpha
-    c_u, c_v = interpolation_coefficients(info.alpha, phi, degenerate)
-    combine_(work, grads, grad_norm * c_u, grad_norm * c_v)
+    plane.descend_(info.alpha)
+    return info
 
 
-def search_alpha_(theta, backup, u_minus_v, v, phi, degenerate, grid, expansion, probe_rho,
-                  compute_loss, moved=lambda: None, max_over_workers=lambda t: t,
+def search_alpha_(theta, backup, plane: Plane, grid, expansion, probe_rho, compute_loss,
+                  moved=lambda: None, max_over_workers=lambda t: t,
                   info: Optional[UpdateInfo] = None) -> UpdateInfo:
     """α* = argmax_α L(θ + ρ'·d(α)) over ``grid`` (ties: the smallest α), then, with an
     ``expansion``, on past the grid's edge.
@@ -336,29 +428,28 @@ def search_alpha_(theta, backup, u_minus_v, v, phi, degenerate, grid, expansion,
     while each new loss is above every earlier one (strictly: a tie keeps the smaller α; a
     non-finite loss stops it), α·φ ≤ π, and at most ``expansion.probes`` times. So when the
     maximum is inside the grid the result is the fixed grid's, probe for probe. Probes move
-    ``theta`` from ``backup`` (θ) along ``u_minus_v`` and ``v`` (see :func:`plane_`); ``theta``
-    is left at the last probe. Fills ``info``: probe_alphas, probe_losses, alpha (None if no
-    probe was finite), searched, at_edge and edge (:func:`edge_of`).
+    ``theta`` from ``backup`` (θ) within the ``plane``; ``theta`` is left at the last probe.
+    Fills ``info``: probe_alphas, probe_losses, alpha (None if no probe was finite), searched,
+    at_edge and edge (:func:`edge_of`).
     """
     info = info if info is not None else UpdateInfo(grad_norm=torch.zeros(()))
     alphas = [float(a) for a in grid]
     extra = expansion.alphas(alphas[-1]) if expansion is not None else []
+    phi, degenerate = plane.phi, plane.degenerate
     candidates = torch.tensor(alphas + extra, dtype=phi.dtype, device=phi.device)
-    c_u, c_v = interpolation_coefficients(candidates, phi, degenerate)
+    scale_x, scale_g = plane.scales(candidates, probe_rho)  # θ + ρ'·d(α) = θ + a·x + b·g
     within = torch.ones_like(candidates)
     if expansion is not None:
         # A worker with a degenerate plane probes along v for every α: its φ does not bound α.
         cap_phi = max_over_workers(torch.where(degenerate, torch.zeros_like(phi), phi))
         within = within_half_turn(candidates, cap_phi).to(phi.dtype)
     # One transfer for every coefficient and flag: the search decides on the host anyway.
-    coefficients = torch.stack([c_u, c_v, within]).tolist()
+    coefficients = torch.stack([scale_x, scale_g, within]).tolist()
 
     def probe(i):
-        a_u, a_v = coefficients[0][i], coefficients[1][i]
-        # θ + ρ'·d(α) = θ + ρ'c_u·(u − v) + ρ'(c_u + c_v)·v
         torch._foreach_copy_(theta, backup)
-        torch._foreach_add_(theta, u_minus_v, alpha=probe_rho * a_u)
-        torch._foreach_add_(theta, v, alpha=probe_rho * (a_u + a_v))
+        torch._foreach_add_(theta, plane.x, alpha=coefficients[0][i])
+        torch._foreach_add_(theta, plane.g, alpha=coefficients[1][i])
         moved()
         loss = compute_loss().detach().reshape(())
         return loss.to(torch.promote_types(loss.dtype, torch.float32))

@@ -206,7 +206,9 @@ class XSAM(torch.optim.Optimizer):
         start = _rng_state(devices)
 
         def gradient():
-            self.zero_grad(set_to_none=False)
+            # set_to_none: backward then hands over its gradient tensors; zeroing them first would
+            # cost two sweeps per pass (the zeroing, and backward adding into the zeros)
+            self.zero_grad(set_to_none=True)
             _set_rng_state(start, devices)
             with torch.enable_grad():
                 value = closure()

@@ -398,7 +398,8 @@ def test_plane_surface_script_writes_png_and_grid(checkpoint):
     assert all(math.isfinite(v) for r in losses for v in r)
     assert losses[4][4] == res["loss0"]
     assert res["alpha_star"] in res["alpha_grid"] and 0 < res["phi"] < math.pi
-    assert res["probe_dirs"][0] == pytest.approx(res["g0_dir"], abs=1e-6)  # k = 1: d(0) = u ∥ g_0
+    # k = 1: d(0) = u ∥ g_0, up to fp32 rounding of u = θ_1 − θ at the weights' scale (≈1e-6)
+    assert res["probe_dirs"][0] == pytest.approx(res["g0_dir"], abs=1e-5)
     i1 = res["alpha_grid"].index(1.0)
     assert res["probe_dirs"][i1] == pytest.approx(res["gk_dir"], abs=1e-6)
 

@@ -1,8 +1,13 @@
 """The benchmark must not rot: a tiny CPU run produces its tables (no timing threshold)."""
 
+import json
+import math
 import os
 import subprocess
 import sys
+
+import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,3 +30,105 @@ def test_benchmark_prints_its_tables(tmp_path):
         assert f"[profile] {name}: 2 updates" in text
         assert (tmp_path / f"{name}.json").stat().st_size > 1000
     assert "aten::" in text
+
+
+def test_benchmark_mlp_case_prints_ratios_prediction_memory_and_traffic(tmp_path):
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"),
+                          "--case", "mlp", "--mlps", "2.1M", "--rounds", "2", "--warmup", "0",
+                          "--threads", "1", "--json", str(tmp_path / "mlp.json")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout
+    assert "| 2.1M | 2,099,600 | 64 | sgd |" in text
+    for column in ("SAM / base", "XSAM / SAM", "predicted XSAM / SAM", "extra memory"):
+        assert column in text, column
+    figures = json.loads((tmp_path / "mlp.json").read_text())["mlps"]["2.1M"]
+    # XSAM keeps one parameter-sized copy of θ beyond the base optimizer, like SAM
+    assert figures["extra_memory_mib"] == {"sam": 2_099_600 * 4 / 2 ** 20,
+                                           "xsam": 2_099_600 * 4 / 2 ** 20}
+    assert all(math.isfinite(v) and v > 0 for v in (figures["sam_base"], figures["xsam_sam"],
+                                                     figures["predicted_xsam_sam"]))
+    assert "| xsam (no search), --fp16 flat master |" in text
+
+
+def test_benchmark_rejects_an_unknown_mlp():
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"),
+                          "--case", "mlp", "--mlps", "2.1M,3M"], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 2
+    assert "Invalid --mlps value: '2.1M,3M' (allowed: a comma-separated subset of 2.1M, 6.3M, " \
+           "25.2M)" in out.stderr
+
+
+# -- the traffic counter, against ops whose traffic is known ----------------------------------
+
+def _benchmark():
+    sys.path.insert(0, ROOT)
+    try:
+        from scripts import benchmark
+    finally:
+        sys.path.remove(ROOT)
+    return benchmark
+
+
+@pytest.mark.parametrize("op,read,written,kind", [
+    (lambda x, y, s: torch._foreach_norm(x), 1, 0, "reduce"),
+    (lambda x, y, s: torch._foreach_mul_(x, s), 1, 1, "unary"),
+    (lambda x, y, s: torch._foreach_add_(x, y, alpha=2.0), 2, 1, "binary"),
+    (lambda x, y, s: torch._foreach_addcmul_(x, y, [s] * len(y)), 2, 1, "binary"),
+    (lambda x, y, s: torch._foreach_addcmul_(x, y, y), 3, 1, "ternary"),
+    (lambda x, y, s: torch._foreach_copy_(x, y), 1, 1, "copy"),
+])
+def test_traffic_counts_known_sweeps(op, read, written, kind):
+    b = _benchmark()
+    x, y = [torch.randn(30, 40), torch.randn(40)], [torch.randn(30, 40), torch.randn(40)]
+    counter = b.Traffic(sum(t.numel() * 4 for t in x))
+    with counter:
+        op(x, y, torch.tensor(0.5))
+    f = counter.figures()
+    assert (f["read"], f["written"]) == (read, written)
+    assert f["sweeps"] == {k: int(k == kind) for k in b.KINDS}
+    assert f["small_ops"] == f["host_syncs"] == f["allocations"] == 0
+
+
+def test_traffic_counts_small_ops_syncs_allocations_and_pauses():
+    b = _benchmark()
+    x = [torch.randn(1000)]
+    counter = b.Traffic(4000)
+    with counter:
+        s = torch.tensor(2.0) * 3  # small: two ops (the constant, the product)
+        s.item()  # a host sync
+        torch._foreach_mul(x, s)  # a new parameter-sized list
+        with counter.pause():
+            torch._foreach_norm(x)
+    f = counter.figures()
+    assert f["host_syncs"] == 1 and f["allocations"] == 1
+    assert f["small_ops"] >= 1 and f["sweeps"]["unary"] == 1 and f["sweeps"]["reduce"] == 0
+
+
+def test_traffic_of_every_update_kind():
+    """The sweeps of each update, counted on the real update, against the algorithm's steps
+    (docs/performance.md, "Traffic model"). SAM: θ → backup (R1 W1), ‖g_0‖ (R1), θ += s·g_0
+    (R2 W1), ‖g_k‖ (R1), backup → θ (R1 W1). XSAM adds: θ_k − θ in place (R2 W1), ‖θ_k − θ‖
+    (R1; with ‖g_k‖ in one call), x = d − t·g_k (R2 W1), ‖x‖ (R1), g ← b·g (R1 W1),
+    g += a·x (R2 W1)."""
+    b = _benchmark()
+    torch.manual_seed(0)
+    theta = [torch.randn(200, 300), torch.randn(300), torch.randn(0), torch.randn(300, 100)]
+    table = b.traffic_table(theta)
+    sam, xsam = table["sam"], table["xsam (no search), fixed"]
+    assert (sam["read"], sam["written"]) == (6, 3)
+    assert (xsam["read"] - sam["read"], xsam["written"] - sam["written"]) == (9, 4)
+    assert xsam["sweeps"] == {"reduce": 4, "unary": 1, "binary": 4, "ternary": 0, "copy": 2}
+    # many CUDA tensors: each y += s·x is an in-place scaling and an add (same launches as before)
+    assert table["sam, many CUDA tensors"]["sweeps"]["unary"] == 1  # ε = s·g_0 in place
+    many = table["xsam (no search), many CUDA tensors"]
+    assert many["sweeps"]["unary"] == 1 + 3 and many["sweeps"]["binary"] == 4
+    # --fp16: every move of θ (k + 1 per update) also writes the fp16 weights (half a sweep)
+    assert table["xsam (no search), --fp16 flat master"]["written"] == xsam["written"] + 1
+    for label, f in table.items():
+        searching = label.startswith("xsam, search")
+        assert f["host_syncs"] == 0 or searching, label
+        # a buffer beyond θ's copy: the probes' displacement, or msam/lsam's running sum
+        expected = 1 if (searching or label.startswith(("msam", "lsam"))) else 0
+        assert f["allocations"] == expected, (label, f)
