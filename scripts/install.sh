@@ -20,7 +20,7 @@ fi
 PY="$VENV/bin/python"
 # matplotlib first: importing fairseq turns the root logger to DEBUG on stderr
 MODULES="matplotlib, tensorboardX, torch, numpy, fairseq, hydra, omegaconf, bitarray, sacrebleu, \
-sentencepiece, sklearn, scipy, regex, tqdm, yaml, packaging, pytest, sacremoses, subword_nmt"
+sentencepiece, sklearn, scipy, regex, tqdm, yaml, packaging, pytest, xdist, sacremoses, subword_nmt"
 OMITTED='^fairseq-fixed [^ ]+ requires (torchaudio|cffi), which is not installed\.$'
 pip_q() { "$PY" -m pip install -q --disable-pip-version-check "$@"; }
 if ! "$PY" -c "import $MODULES" 2>/dev/null; then
@@ -28,7 +28,7 @@ if ! "$PY" -c "import $MODULES" 2>/dev/null; then
   pip_q torch==2.13.0 numpy cython setuptools wheel
   echo "[install] fairseq's runtime dependencies, BLEU, BPE, plotting and test tools"
   pip_q hydra-core==1.3.2 omegaconf==2.3.0 bitarray sacrebleu sentencepiece scikit-learn scipy \
-        regex tqdm pyyaml packaging pytest sacremoses subword-nmt matplotlib tensorboardX
+        regex tqdm pyyaml packaging pytest pytest-xdist sacremoses subword-nmt matplotlib tensorboardX
   echo "[install] fairseq-fixed 0.12.3.1 (compiles its extensions, about 2-3 minutes)"
   pip_q --no-build-isolation --no-deps fairseq-fixed==0.12.3.1
 fi
