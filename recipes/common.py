@@ -25,6 +25,16 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 ROOT = Path(__file__).resolve().parent.parent
 USER_DIR = ROOT / "fairseq_xsam"
 OPTIMIZERS = ("adamw", "sam", "xsam", "fixed", "msam", "msam+", "lsam", "lsam+")
+# The rows every recipe's table shares for SAM/XSAM: the paper's IWSLT14 settings (Chen & Zhou,
+# ICLR 2026, appendix D.3: rho 0.15, rho' = 3 rho); "xsam" rows apply to every OPT but adamw,
+# "xsam-search" to OPT xsam only (the other variants do not search alpha).
+XSAM_ROWS = [
+    ("optimizer", "_name", "xsam_adamw", "xsam"),
+    ("optimizer", "rho", 0.15, "xsam"),
+    ("optimizer", "probe_rho", 0.45, "xsam"),
+    ("optimizer", "sam_variant", "<OPT>", "xsam"),
+    ("optimizer", "alpha_search", "epoch", "xsam-search"),
+]
 NAME_FLAGS = {"task": "--task", "model": "--arch", "optimizer": "--optimizer",
               "lr_scheduler": "--lr-scheduler", "criterion": "--criterion"}
 CONST_FLAGS = {("task", "eval_bleu_remove_bpe"): "@@ "}  # flags whose bare form means this value
@@ -205,14 +215,28 @@ TRAIN_EPOCH_RE = re.compile(r"\| train \| epoch (\d+) \| (.*)$")
 
 
 def last_train_stats(log_text: str) -> Dict[str, float]:
-    """The fields of the last end-of-epoch 'train' line of a fairseq log (num_updates,
-    train_wall: the cumulated training seconds, restored on resume, ...)."""
+    """The fields of the last end-of-epoch 'train' line of a fairseq log (num_updates, ...;
+    its train_wall is that epoch's training seconds only: see :func:`training_seconds`)."""
     stats: Dict[str, float] = {}
     for line in log_text.splitlines():
         m = TRAIN_EPOCH_RE.search(line)
         if m:
             stats = {"epoch": float(m.group(1)), **log_fields(m.group(2))}
     return stats
+
+
+def training_seconds(log_text: str) -> Optional[float]:
+    """Seconds spent in training steps over the whole run: the sum of each epoch's train_wall
+    (fairseq resets that meter every epoch). An epoch logged twice (a run killed after the line,
+    before its checkpoint, then resumed) counts once, with its last line."""
+    per_epoch: Dict[str, float] = {}
+    for line in log_text.splitlines():
+        m = TRAIN_EPOCH_RE.search(line)
+        if m:
+            wall = log_fields(m.group(2)).get("train_wall")
+            if wall is not None:
+                per_epoch[m.group(1)] = wall
+    return sum(per_epoch.values()) if per_epoch else None
 
 
 def log_fields(text: str) -> Dict[str, float]:
@@ -232,8 +256,8 @@ def run_training(run: Path, command: Sequence[str], prog: str, env: Optional[dic
     """Trains into ``run`` (``RUN/command.txt``, ``train.log``, ``checkpoints/``), resuming from
     ``checkpoint_last.pt`` when the run was interrupted, and skipping it when ``timing.json``
     says that it finished. A run directory holding another command is refused. Returns the
-    timing: wall-clock of every session (seconds), the updates, fairseq's ``train_wall`` and
-    updates per second of training (``num_updates / train_wall``)."""
+    timing: wall-clock of every session (seconds), the updates, the seconds spent in training
+    steps (:func:`training_seconds`) and updates per second of training."""
     line = shell_join(command)
     cmd_file, timing_file = run / "command.txt", run / "timing.json"
     if cmd_file.exists() and cmd_file.read_text().strip() != line:
@@ -253,10 +277,11 @@ def run_training(run: Path, command: Sequence[str], prog: str, env: Optional[dic
     timing["sessions"].append({"started": time.strftime("%Y-%m-%d %H:%M:%S",
                                                         time.localtime(start)),
                                "wall_s": round(time.time() - start, 1), "exit_status": rc})
-    stats = last_train_stats((run / "train.log").read_text(encoding="utf-8", errors="replace"))
+    log_text = (run / "train.log").read_text(encoding="utf-8", errors="replace")
+    stats = last_train_stats(log_text)
     timing.update(finished=rc == 0, wall_s=round(sum(s["wall_s"] for s in timing["sessions"]), 1),
                   updates=int(stats["num_updates"]) if "num_updates" in stats else None,
-                  train_wall_s=stats.get("train_wall"))
+                  train_wall_s=training_seconds(log_text))
     timing["updates_per_s"] = (round(timing["updates"] / timing["train_wall_s"], 3)
                                if timing["updates"] and timing["train_wall_s"] else None)
     timing_file.write_text(json.dumps(timing, indent=2) + "\n")

@@ -128,12 +128,13 @@ def load_run(run: Path, allow_missing: bool) -> dict:
     info["multi"] = bool(info["bleu"]) and "sacrebleu" not in info["bleu"]
     timing = run / "timing.json"
     info["timing"] = json.loads(timing.read_text()) if timing.is_file() else None
-    if info["timing"] is None:  # from the log: fairseq's cumulated train_wall
-        stats = common.last_train_stats(log.read_text(encoding="utf-8", errors="replace"))
-        if stats.get("train_wall") and stats.get("num_updates"):
+    if info["timing"] is None:  # from the log: the epochs' train_wall added up
+        text = log.read_text(encoding="utf-8", errors="replace")
+        stats, seconds = common.last_train_stats(text), common.training_seconds(text)
+        if seconds and stats.get("num_updates"):
             info["timing"] = {"updates": int(stats["num_updates"]), "wall_s": None,
-                              "train_wall_s": stats["train_wall"],
-                              "updates_per_s": stats["num_updates"] / stats["train_wall"]}
+                              "train_wall_s": seconds,
+                              "updates_per_s": stats["num_updates"] / seconds}
     return info
 
 

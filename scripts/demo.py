@@ -68,7 +68,7 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true",
                    help="the recipe's tiny preset: a pipeline check (a minute or two)")
     p.add_argument("--epochs", type=recipe.common.int_at_least(1),
-                   help="epochs per optimizer (default: the preset's; demo 3, quick 1)")
+                   help="epochs per optimizer (default: the preset's; demo 2, quick 1)")
     p.add_argument("--out", type=Path,
                    help="output folder (default: work/demo, quick: work/demo-quick)")
     p.add_argument("--threads", type=recipe.common.int_at_least(1), default=2,

@@ -326,3 +326,21 @@ def test_study_waits_for_the_sweep(plan, monkeypatch, tmp_path):
     study.main(["run", "--plan", str(tmp_path / "plan.toml"), "--only", "sweep/xsam*"])
     study.main(["run", "--plan", str(tmp_path / "plan.toml"), "--only", "xsam-seed1"])
     assert [n for kind, n, _ in calls if kind == "train"][-1] == "xsam-seed1"
+
+
+def test_training_seconds_add_up_every_epoch_once(tmp_path):
+    """fairseq resets train_wall each epoch: the run's training time is the sum over epochs (an
+    epoch logged again after a resume counts once, with its last line)."""
+    line = ("2026-01-01 | INFO | train | epoch {e:03d} | loss 5 | ups 3 | num_updates {u} | "
+            "train_wall {w} | wall {t}\n")
+    log = "".join(line.format(e=e, u=u, w=w, t=t) for e, u, w, t in (
+        (1, 261, 89, 92), (2, 522, 81, 175), (2, 522, 80, 180), (3, 783, 82, 259)))
+    common = recipe.common
+    assert common.training_seconds(log) == 89 + 80 + 82
+    assert common.last_train_stats(log)["num_updates"] == 783
+    assert common.training_seconds("no epoch ended\n") is None
+    run = tmp_path / "adamw-seed1"
+    run.mkdir()
+    (run / "train.log").write_text(log)
+    info = compare_bleu.load_run(run, allow_missing=True)  # no timing.json: from the log
+    assert info["timing"]["updates_per_s"] == pytest.approx(783 / 251)

@@ -82,12 +82,7 @@ HYPERPARAMETERS: List[Tuple[str, str, object, str]] = [
     ("task", "eval_bleu_print_samples", True, "eval_bleu"),
     ("checkpoint", "best_checkpoint_metric", "bleu", "eval_bleu"),
     ("checkpoint", "maximize_best_checkpoint_metric", True, "eval_bleu"),
-    # the paper's SAM/XSAM settings for IWSLT14 (Chen & Zhou, ICLR 2026, appendix D.3)
-    ("optimizer", "_name", "xsam_adamw", "xsam"),
-    ("optimizer", "rho", 0.15, "xsam"),
-    ("optimizer", "probe_rho", 0.45, "xsam"),
-    ("optimizer", "sam_variant", "<OPT>", "xsam"),
-    ("optimizer", "alpha_search", "epoch", "xsam-search"),  # only OPT=xsam searches alpha
+    *common.XSAM_ROWS,  # the paper's SAM/XSAM settings for IWSLT14 (appendix D.3)
     # this recipe (fairseq's README trains until stopped by hand)
     ("optimization", "max_epoch", 50, "recipe"),
     ("checkpoint", "keep_last_epochs", 10, "recipe"),
