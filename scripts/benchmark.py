@@ -30,6 +30,7 @@ import contextlib
 import copy
 import json
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -74,6 +75,10 @@ def parse_args(argv=None):
     p.add_argument("--profile-trace", default=None,
                    help="folder for the profiler's Chrome traces (sam.json, xsam.json)")
     p.add_argument("--json", default=None, help="also write the figures (JSON) here")
+    p.add_argument("--no-search-every-update", action="store_true",
+                   help="transformer case: leave out the optimizer that searches on every update "
+                        "(the slowest by far); the price of a search is then XSAM's own search "
+                        "update minus its median plain update")
     p.add_argument("--rounds", type=int, default=40,
                    help="--case mlp: timed interleaved rounds (one update of each optimizer each)")
     p.add_argument("--mlps", default="2.1M,6.3M",
@@ -97,6 +102,26 @@ def state_bytes(trainer) -> int:
                 for t in s.values() if torch.is_tensor(t))
     backup = getattr(inner, "_backup", None) or []
     return total + sum(t.numel() * t.element_size() for t in backup)
+
+
+def paired_ratio(numerator, denominator, resamples=2000, seed=0):
+    """(median, low, high) of the per-round ratios numerator[i] / denominator[i], with a 95 %
+    percentile-bootstrap interval of that median. Rounds that share a batch (and the machine's
+    state at that moment) cancel most of their common noise in the ratio; the ratio of two
+    medians does not."""
+    if len(numerator) != len(denominator) or not numerator:
+        raise ValueError(f"paired_ratio needs two equally long, non-empty samples "
+                         f"(got {len(numerator)} and {len(denominator)})")
+    ratios = [a / b for a, b in zip(numerator, denominator)]
+    rng = random.Random(seed)
+    medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios)))
+                     for _ in range(resamples))
+    low, high = medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
+    return statistics.median(ratios), low, high
+
+
+def fmt_paired(triple) -> str:
+    return f"{triple[0]:.3f} [{triple[1]:.3f}, {triple[2]:.3f}]"
 
 
 def sync(device):
@@ -152,7 +177,9 @@ def transformer_case(args) -> int:
         torch.Tensor.cuda = lambda self, *a, **k: self
     epoch_updates = args.updates  # the timed window is one (simulated) epoch: one search
     trainers, batches = {}, None
-    for name, opts in OPTIMIZERS.items():
+    optimizers = {n: o for n, o in OPTIMIZERS.items()
+                  if not (args.no_search_every_update and n == "xsam-search-every-update")}
+    for name, opts in optimizers.items():
         _, task, trainer = build_trainer(data, common + opts, seed=args.seed)
         trainers[name] = trainer
         if batches is None:
@@ -201,14 +228,34 @@ def transformer_case(args) -> int:
     print("\n| ratio | measured | target |\n|---|---|---|")
     # over an epoch of E updates XSAM pays its plain update E times and one search: measured
     # here as the median plain update plus (search update - plain update) / E
-    search_extra = med["xsam-search-every-update"] - med["xsam"]
+    every = "xsam-search-every-update"
+    plain = [j for j in range(args.updates) if j % epoch_updates != 0] or list(range(args.updates))
+    if every in times:
+        search_extra = med[every] - med["xsam"]
+    else:  # XSAM's own search update (the first timed one) against its plain updates
+        search_extra = times["xsam"][0] - statistics.median(times["xsam"][j] for j in plain)
     amortised = med["xsam"] + search_extra / args.epoch_updates
+    # the same rounds paired: each round ran every optimizer on one batch, back to back
+    pick = {n: [times[n][j] for j in plain] for n in ("adamw", "sam", "xsam")}
+    paired = {"xsam_sam": paired_ratio(pick["xsam"], pick["sam"]),
+              "sam_adamw": paired_ratio(pick["sam"], pick["adamw"])}
+    paired_amortised = paired["xsam_sam"][0] + (search_extra / args.epoch_updates
+                                                 / statistics.median(pick["sam"]))
     print(f"| XSAM / SAM per update, search amortised over an epoch of {args.epoch_updates} "
           f"updates | {amortised / med['sam']:.3f} | <= 1.01 |")
     print(f"| XSAM / SAM, median update (no search) | {med['xsam'] / med['sam']:.3f} | ~1 |")
+    print(f"| XSAM / SAM per round, same batch, {len(plain)} rounds without a search: median "
+          f"[95 % bootstrap CI] | {fmt_paired(paired['xsam_sam'])} | ~1 |")
+    print(f"| XSAM / SAM per round plus the search amortised over {args.epoch_updates} updates "
+          f"| {paired_amortised:.3f} | <= 1.01 |")
     print(f"| SAM / AdamW | {med['sam'] / med['adamw']:.3f} | <= 2.05 |")
-    print(f"| XSAM searching every update / SAM | "
-          f"{med['xsam-search-every-update'] / med['sam']:.3f} | (price of a search) |")
+    print(f"| SAM / AdamW per round, same batch: median [95 % bootstrap CI] "
+          f"| {fmt_paired(paired['sam_adamw'])} | <= 2.05 |")
+    if every in times:
+        print(f"| XSAM searching every update / SAM | {med[every] / med['sam']:.3f} "
+              f"| (price of a search) |")
+    print(f"| one search's extra time / SAM update | {search_extra / med['sam']:.3f} "
+          f"| (from {'the every-update optimizer' if every in times else 'XSAM search update'}) |")
     math_s = optimizer_math_time(trainers["xsam"], args.device)
     print(f"\nXSAM vector math alone (no passes): {1000 * math_s:.2f} ms = "
           f"{math_s / med['adamw']:.1%} of an AdamW update")
@@ -227,7 +274,13 @@ def transformer_case(args) -> int:
             "ratios": {"xsam_sam_amortised": amortised / med["sam"],
                        "xsam_sam_median": med["xsam"] / med["sam"],
                        "sam_adamw": med["sam"] / med["adamw"],
-                       "search_every_update_sam": med["xsam-search-every-update"] / med["sam"]},
+                       "search_every_update_sam": (med[every] / med["sam"] if every in times
+                                                   else None),
+                       "search_extra_sam": search_extra / med["sam"],
+                       "xsam_sam_paired": list(paired["xsam_sam"]),
+                       "xsam_sam_paired_amortised": paired_amortised,
+                       "sam_adamw_paired": list(paired["sam_adamw"])},
+            "seconds_per_round": times, "search_round": 0,
             "epoch_updates": args.epoch_updates, "xsam_math_ms": 1000 * math_s}
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
@@ -597,6 +650,10 @@ def mlp_case(args) -> int:
             "parameters": sum(t.numel() for t in theta), "batch": batch, "base": base,
             "ms_median": {k: 1000 * med[k] for k in ("base", "sam", "xsam")},
             "sam_base": med["sam"] / med["base"], "xsam_sam": med["xsam"] / med["sam"],
+            "xsam_sam_paired": list(paired_ratio(samples["xsam"][args.warmup:],
+                                                 samples["sam"][args.warmup:])),
+            "sam_base_paired": list(paired_ratio(samples["sam"][args.warmup:],
+                                                 samples["base"][args.warmup:])),
             "predicted_xsam_sam": 1 + (predicted["xsam"] - predicted["sam"]) / med["sam"],
             "math_ms": {"sam": 1000 * med["math sam"], "xsam": 1000 * med["math xsam"]},
             "predicted_math_ms": {k: 1000 * v for k, v in predicted.items()},
@@ -611,14 +668,16 @@ def mlp_case(args) -> int:
                 profile(f"{label} MLP, {name}", lambda i, m=model, o=opt: mlp_step(m, o, x, y),
                         args)
     print("\n| MLP | params | batch | base | base ms | SAM ms | XSAM ms | SAM / base | XSAM / SAM "
-          "| target | predicted XSAM / SAM | extra memory vs base, SAM / XSAM (MiB) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| target | predicted XSAM / SAM | extra memory vs base, SAM / XSAM (MiB) "
+          "| XSAM / SAM per round: median [95 % CI] | SAM / base per round |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for label, r in results.items():
         ms = r["ms_median"]
         mem = r["extra_memory_mib"]
         print(f"| {label} | {r['parameters']:,} | {r['batch']} | {r['base']} | {ms['base']:.2f} | "
               f"{ms['sam']:.2f} | {ms['xsam']:.2f} | {r['sam_base']:.3f} | {r['xsam_sam']:.3f} | "
-              f"<= 1.03 | {r['predicted_xsam_sam']:.3f} | {mem['sam']:.2f} / {mem['xsam']:.2f} |")
+              f"<= 1.03 | {r['predicted_xsam_sam']:.3f} | {mem['sam']:.2f} / {mem['xsam']:.2f} | "
+              f"{fmt_paired(r['xsam_sam_paired'])} | {fmt_paired(r['sam_base_paired'])} |")
     print("\n| MLP | vector math alone, SAM / XSAM: measured ms | predicted ms (traffic model) "
           "| sweep ms: reduce/unary/binary/ternary/copy | small op us |")
     print("|---|---|---|---|---|")

@@ -22,7 +22,9 @@ def test_benchmark_prints_its_tables(tmp_path):
     for name in ("adamw", "sam", "xsam", "xsam-search-every-update"):
         assert f"| {name} |" in text
     for ratio in ("XSAM / SAM per update, search amortised", "| SAM / AdamW |",
-                  "XSAM searching every update / SAM", "XSAM vector math alone"):
+                  "XSAM searching every update / SAM", "XSAM vector math alone",
+                  "| XSAM / SAM per round, same batch, 2 rounds without a search",
+                  "| SAM / AdamW per round, same batch", "| one search's extra time / SAM"):
         assert ratio in text, ratio
     rows = [line for line in text.splitlines() if line.startswith("| ") and "ms" not in line]
     assert all("nan" not in row for row in rows)
@@ -30,6 +32,28 @@ def test_benchmark_prints_its_tables(tmp_path):
         assert f"[profile] {name}: 2 updates" in text
         assert (tmp_path / f"{name}.json").stat().st_size > 1000
     assert "aten::" in text
+
+
+def test_benchmark_without_the_every_update_search_prices_the_search_from_xsam_itself(tmp_path):
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"),
+                          "--device", "cpu", "--updates", "3", "--warmup", "0", "--threads", "1",
+                          "--no-search-every-update", "--json", str(tmp_path / "t.json")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "| xsam-search-every-update |" not in out.stdout
+    assert "(from XSAM search update)" in out.stdout
+    figures = json.loads((tmp_path / "t.json").read_text())
+    rounds = figures["seconds_per_round"]
+    assert sorted(rounds) == ["adamw", "sam", "xsam"] and all(len(v) == 3 for v in rounds.values())
+    ratios = figures["ratios"]
+    assert ratios["search_every_update_sam"] is None
+    # the search's price is XSAM's first (search) round over its plain rounds, per SAM update
+    xsam, sam = rounds["xsam"], rounds["sam"]
+    extra = xsam[0] - sorted(xsam[1:])[0] / 2 - sorted(xsam[1:])[1] / 2
+    assert ratios["search_extra_sam"] == pytest.approx(extra / sorted(sam)[1])
+    med, low, high = ratios["xsam_sam_paired"]
+    assert low <= med <= high and med == pytest.approx(
+        sum(x / s for x, s in zip(xsam[1:], sam[1:])) / 2)
 
 
 def test_benchmark_mlp_case_prints_ratios_prediction_memory_and_traffic(tmp_path):
@@ -49,6 +73,8 @@ def test_benchmark_mlp_case_prints_ratios_prediction_memory_and_traffic(tmp_path
     assert all(math.isfinite(v) and v > 0 for v in (figures["sam_base"], figures["xsam_sam"],
                                                      figures["predicted_xsam_sam"]))
     assert "| xsam (no search), --fp16 flat master |" in text
+    low, med, high = sorted(figures["xsam_sam_paired"])
+    assert figures["xsam_sam_paired"][0] == med and "XSAM / SAM per round" in text
 
 
 def test_benchmark_rejects_an_unknown_mlp():
@@ -132,3 +158,19 @@ def test_traffic_of_every_update_kind():
         # a buffer beyond θ's copy: the probes' displacement, or msam/lsam's running sum
         expected = 1 if (searching or label.startswith(("msam", "lsam"))) else 0
         assert f["allocations"] == expected, (label, f)
+
+
+def test_paired_ratio_is_the_median_of_per_round_ratios_with_an_interval_around_it():
+    b = _benchmark()
+    # rounds whose common noise (a slow round slows both) cancels in the ratio
+    slow = [1.0, 5.0, 2.0, 9.0, 3.0, 7.0, 4.0]
+    assert b.paired_ratio([1.02 * t for t in slow], slow) == pytest.approx((1.02, 1.02, 1.02))
+    # the ratio of medians need not be the median of ratios
+    num, den = [3.0, 1.0, 10.0], [1.0, 2.0, 4.0]  # ratios 3, 0.5, 2.5
+    median, low, high = b.paired_ratio(num, den)
+    assert median == 2.5 and low <= median <= high and {low, high} <= {3.0, 0.5, 2.5}
+    ratios = [1.0 + 0.01 * ((7 * i) % 11 - 5) for i in range(41)]  # 0.95 .. 1.05
+    median, low, high = b.paired_ratio(ratios, [1.0] * 41)
+    assert median == pytest.approx(1.0) and 0.95 <= low < 1.0 < high <= 1.05
+    with pytest.raises(ValueError, match="equally long"):
+        b.paired_ratio([1.0], [1.0, 2.0])
