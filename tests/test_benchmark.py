@@ -24,7 +24,8 @@ def test_benchmark_prints_its_tables(tmp_path):
     for ratio in ("XSAM / SAM per update, search amortised", "| SAM / AdamW |",
                   "XSAM searching every update / SAM", "XSAM vector math alone",
                   "| XSAM / SAM per round, same batch, 2 rounds without a search",
-                  "| SAM / AdamW per round, same batch", "| one search's extra time / SAM"):
+                  "| SAM / AdamW per round, same batch", "| one search's extra time / SAM",
+                  "XSAM / SAM from its parts"):
         assert ratio in text, ratio
     rows = [line for line in text.splitlines() if line.startswith("| ") and "ms" not in line]
     assert all("nan" not in row for row in rows)
@@ -51,6 +52,10 @@ def test_benchmark_without_the_every_update_search_prices_the_search_from_xsam_i
     xsam, sam = rounds["xsam"], rounds["sam"]
     extra = xsam[0] - sorted(xsam[1:])[0] / 2 - sorted(xsam[1:])[1] / 2
     assert ratios["search_extra_sam"] == pytest.approx(extra / sorted(sam)[1])
+    # from the parts: SAM's median update + XSAM's extra math + the search over an epoch
+    parts = 1 + ((figures["xsam_math_ms"] - figures["sam_math_ms"]) / 1000
+                 + extra / figures["epoch_updates"]) / sorted(sam)[1]
+    assert figures["xsam_sam_from_parts"] == pytest.approx(parts)
     med, low, high = ratios["xsam_sam_paired"]
     assert low <= med <= high and med == pytest.approx(
         sum(x / s for x, s in zip(xsam[1:], sam[1:])) / 2)
