@@ -344,3 +344,80 @@ def test_training_seconds_add_up_every_epoch_once(tmp_path):
     (run / "train.log").write_text(log)
     info = compare_bleu.load_run(run, allow_missing=True)  # no timing.json: from the log
     assert info["timing"]["updates_per_s"] == pytest.approx(783 / 251)
+
+
+CONTINUE_PLAN = """
+preset = "tiny"
+runs = "{runs}"
+results = "{results}"
+[[run]]
+label = "sweep/{{opt}}-rho{{rho}}"
+opt = "xsam"
+rho = [0.1, 0.2]
+sweep = true
+evaluate = false
+args = ["--max-epoch", "1"]
+[[run]]
+opt = "xsam"
+seeds = [1, 2]
+rho = "sweep"
+args = ["--max-epoch", "3"]
+[[run]]
+label = "xsam_probe1"
+opt = "xsam"
+rho = "sweep"
+probe_ratio = 1.0
+args = ["--max-epoch", "3"]
+"""
+
+
+def test_a_longer_run_continues_its_sweep_run_instead_of_repeating_its_epochs(
+        monkeypatch, tmp_path):
+    path = tmp_path / "plan.toml"
+    path.write_text(CONTINUE_PLAN.format(runs=tmp_path / "runs", results=tmp_path / "results"))
+    plan = study.load_plan(path)
+    calls, seen = [], {}
+    fake_stages(monkeypatch, plan, calls)
+    fake_train = study.recipe.train_main
+
+    def train(argv):  # what the run's folder held when train.sh started, then the fake
+        label, seed = argv[argv.index("--label") + 1], argv[1]
+        run = Path(argv[argv.index("--runs") + 1]) / f"{label}-seed{seed}"
+        last = run / "checkpoints" / "checkpoint_last.pt"
+        seen[f"{label}-seed{seed}"] = (
+            last.read_text() if last.is_file() else None,
+            (run / "train.log").read_text() if (run / "train.log").is_file() else None,
+            json.loads((run / "timing.json").read_text()) if (run / "timing.json").is_file()
+            else None)
+        fake_train(argv)
+        if label.startswith("sweep/"):
+            (run / "checkpoints").mkdir(exist_ok=True)
+            (run / "checkpoints" / "checkpoint_last.pt").write_text(f"last of {label}")
+            (run / "checkpoints" / "checkpoint_best.pt").write_text(f"best of {label}")
+
+    monkeypatch.setattr(study.recipe, "train_main", train)
+    study.main(["run", "--plan", str(path), "--only", "sweep/*"])
+    assert study.chosen_rho(plan, "xsam") == 0.1
+    runs = {r["name"]: r for r in plan["run"]}
+    # same optimizer, seed, rho, probe ratio and options, fewer epochs: the sweep run at 0.1
+    assert study.sweep_prefix(plan, runs["xsam-seed1"], 0.1)["name"] == "sweep/xsam-rho0.1-seed1"
+    assert study.sweep_prefix(plan, runs["xsam-seed1"], 0.2)["name"] == "sweep/xsam-rho0.2-seed1"
+    assert study.sweep_prefix(plan, runs["xsam-seed2"], 0.1) is None  # another seed
+    assert study.sweep_prefix(plan, runs["xsam_probe1-seed1"], 0.1) is None  # rho' = rho
+    study.main(["run", "--plan", str(path)])
+    sweep_dir = tmp_path / "runs" / "sweep" / "xsam-rho0.1-seed1"
+    last, log, timing = seen["xsam-seed1"]
+    assert last == "last of sweep/xsam-rho0.1"  # train.sh resumed from the sweep's checkpoint
+    assert log == (sweep_dir / "train.log").read_text()  # its log holds the first epochs
+    assert timing["continued_from"] == "sweep/xsam-rho0.1-seed1" and not timing["finished"]
+    work = tmp_path / "runs" / "xsam-seed1"
+    assert (work / "checkpoints" / "checkpoint_best.pt").read_text() == "best of sweep/xsam-rho0.1"
+    assert not (tmp_path / "runs" / "xsam-seed1.continuing").exists()
+    assert seen["xsam-seed2"] == (None, None, None) == seen["xsam_probe1-seed1"]
+    # the sweep's own folder is left as it was
+    assert (sweep_dir / "checkpoints" / "checkpoint_last.pt").read_text() == \
+           "last of sweep/xsam-rho0.1"
+    # a run that has started is never overwritten; a sweep without its checkpoint is not used
+    assert study.continue_sweep(plan, runs["xsam-seed1"], runs["sweep/xsam-rho0.1-seed1"]) is False
+    (sweep_dir / "checkpoints" / "checkpoint_last.pt").unlink()
+    assert study.sweep_prefix(plan, runs["xsam-seed1"], 0.1) is None

@@ -15,6 +15,8 @@ Plan keys: ``preset``, ``runs`` (checkpoints, outside git), ``results``, ``cpu``
 ``probe_ratio`` (--probe-rho = probe_ratio × ρ; default the recipe's 3), ``args``
 (more train.sh options, e.g. ``["--max-epoch", "5"]`` or ``["--", "--alpha-max", "auto"]``),
 ``evaluate`` / ``sharpness`` (default true). Runs expand seed by seed, then optimizer, then ρ.
+A run that repeats a finished sweep run with more epochs (same optimizer, seed, ρ and options)
+continues that sweep run's last checkpoint (:func:`sweep_prefix`).
 
     study.py status                 # done / pending, times, the chosen ρ
     study.py run [--max-runs N]     # the next pending runs
@@ -170,6 +172,65 @@ def copy_results(plan: dict, run: dict, extra: dict) -> Path:
     return dst
 
 
+def _max_epoch(plan: dict, args) -> Optional[int]:
+    """--max-epoch of a run's own train.sh options, else its preset's."""
+    own, _ = recipe.common.split_extra(args)
+    if "--max-epoch" in own:
+        return int(own[own.index("--max-epoch") + 1])
+    return recipe.PRESETS[plan["preset"]]["table"].get(("optimization", "max_epoch"))
+
+
+def _without_max_epoch(args) -> list:
+    own, extra = recipe.common.split_extra(args)
+    if "--max-epoch" in own:
+        i = own.index("--max-epoch")
+        own = own[:i] + own[i + 2:]
+    return own + (["--", *extra] if extra else [])
+
+
+def sweep_prefix(plan: dict, run: dict, rho) -> Optional[dict]:
+    """The finished sweep run that trained this run's first epochs already: the same optimizer,
+    seed, ρ, probe ratio and options but a shorter --max-epoch. Its epochs are this run's (same
+    seed and settings; the inverse-sqrt schedule does not depend on the epoch count), so this
+    run continues from its last checkpoint instead of training them again. None if there is
+    none, or its checkpoint is gone."""
+    if run["sweep"] or rho is None:
+        return None
+    longer = _max_epoch(plan, run["args"])
+    for r in plan["run"]:
+        if (r["sweep"] and r["opt"] == run["opt"] and r["seed"] == run["seed"]
+                and r["rho"] not in (None, "sweep") and float(r["rho"]) == float(rho)
+                and r.get("probe_ratio") == run.get("probe_ratio")
+                and _without_max_epoch(r["args"]) == _without_max_epoch(run["args"])
+                and (_max_epoch(plan, r["args"]) or 0) < (longer or 0)
+                and is_done(plan, r)
+                and (work_dir(plan, r) / "checkpoints" / "checkpoint_last.pt").is_file()):
+            return r
+    return None
+
+
+def continue_sweep(plan: dict, run: dict, sweep: dict, log=print) -> bool:
+    """Starts ``run``'s folder as a copy of ``sweep``'s (its checkpoints, train.log and timing;
+    not command.txt: the run writes its own), all or nothing. False if the run has started."""
+    src, dst = work_dir(plan, sweep), work_dir(plan, run)
+    if dst.exists():
+        return False
+    tmp = dst.with_name(dst.name + ".continuing")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "checkpoints").mkdir(parents=True)
+    for name in ("checkpoint_last.pt", "checkpoint_best.pt"):
+        if (src / "checkpoints" / name).is_file():
+            shutil.copy2(src / "checkpoints" / name, tmp / "checkpoints" / name)
+    shutil.copy2(src / "train.log", tmp / "train.log")
+    timing = json.loads((src / "timing.json").read_text())
+    timing.update(finished=False, continued_from=sweep["name"])
+    (tmp / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
+    tmp.rename(dst)
+    log(f"study: {run['name']}: continues {sweep['name']} (its "
+        f"{_max_epoch(plan, sweep['args'])} epochs are this run's first ones)")
+    return True
+
+
 def run_one(plan: dict, run: dict, log=print) -> bool:
     """Runs one planned run to the end; False if it has to wait for the sweep."""
     rho = run["rho"]
@@ -179,6 +240,9 @@ def run_one(plan: dict, run: dict, log=print) -> bool:
             log(f"study: {run['name']}: waits for the sweep of {run['opt']}")
             return False
     work = work_dir(plan, run)
+    sweep = sweep_prefix(plan, run, rho)
+    if sweep is not None:
+        continue_sweep(plan, run, sweep, log)
     argv = train_argv(plan, run, rho)
     log(f"study: {run['name']}: train.sh {' '.join(argv)}")
     recipe.train_main(argv)
