@@ -421,3 +421,58 @@ def test_a_longer_run_continues_its_sweep_run_instead_of_repeating_its_epochs(
     assert study.continue_sweep(plan, runs["xsam-seed1"], runs["sweep/xsam-rho0.1-seed1"]) is False
     (sweep_dir / "checkpoints" / "checkpoint_last.pt").unlink()
     assert study.sweep_prefix(plan, runs["xsam-seed1"], 0.1) is None
+
+
+def test_two_workers_share_the_plan_through_claims(plan, monkeypatch, tmp_path):
+    """A run claimed by a live worker is left to it; a claim whose process is gone is taken
+    over; a run that needs a sweep run another worker holds waits for it."""
+    calls = []
+    path = str(tmp_path / "plan.toml")
+    fake_stages(monkeypatch, plan, calls)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        def hold(name, pid):
+            claim = study._claim_path(plan, name)
+            claim.parent.mkdir(parents=True, exist_ok=True)
+            claim.write_text(f"{pid} {study._process_start(pid) or ''}\n")
+            return claim
+
+        claim = hold("adamw-seed1", other.pid)
+        study.main(["run", "--plan", path, "--only", "adamw-*"])
+        assert [n for kind, n, _ in calls if kind == "train"] == ["adamw-seed2"]
+        assert claim.is_file()  # still the other worker's
+        # the same pid with another start time is a reused pid, not the worker: stale
+        claim.write_text(f"{other.pid} 1\n")
+        calls.clear()
+        study.main(["run", "--plan", path, "--only", "adamw-*"])
+        assert [n for kind, n, _ in calls if kind == "train"] == ["adamw-seed1"]
+        assert not claim.exists()  # released after the run
+        # xsam-seed1 needs the xsam sweep; the other worker holds one of its runs
+        for name in ("sweep/xsam-rho0.1-seed1", "sweep/sam-rho0.1-seed1",
+                     "sweep/sam-rho0.2-seed1"):
+            study.run_one(plan, next(r for r in plan["run"] if r["name"] == name),
+                          log=lambda *a: None)
+        held = hold("sweep/xsam-rho0.2-seed1", other.pid)
+        waited = []
+
+        def other_worker_finishes(seconds):  # what the other worker does meanwhile
+            waited.append(seconds)
+            held.unlink()
+            study.run_one(plan, next(r for r in plan["run"]
+                                     if r["name"] == "sweep/xsam-rho0.2-seed1"),
+                          log=lambda *a: None)
+
+        monkeypatch.setattr(study.time, "sleep", other_worker_finishes)
+        calls.clear()
+        study.main(["run", "--plan", path, "--only", "xsam-seed1"])
+        assert waited == [study.WAIT_S]
+        assert [n for kind, n, _ in calls if kind == "train"] == [
+            "sweep/xsam-rho0.2-seed1", "xsam-seed1"]
+    finally:
+        other.kill()
+        other.wait()
+    # a dead worker's claim is stale
+    hold("xsam-seed2", other.pid)
+    calls.clear()
+    study.main(["run", "--plan", path, "--only", "xsam-seed2"])
+    assert [n for kind, n, _ in calls if kind == "train"] == ["xsam-seed2"]

@@ -19,13 +19,14 @@ A run that repeats a finished sweep run with more epochs (same optimizer, seed, 
 continues that sweep run's last checkpoint (:func:`sweep_prefix`).
 
     study.py status                 # done / pending, times, the chosen ρ
-    study.py run [--max-runs N]     # the next pending runs
+    study.py run [--max-runs N]     # the next pending runs (start it twice: two workers)
     study.py report                 # RESULTS/report.md with scripts/compare_bleu.py
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
 import json
 import os
@@ -319,6 +320,113 @@ def report(plan: dict) -> Path:
     return res / "report.md"
 
 
+# -- several workers share one plan ---------------------------------------------------------
+# `study.py run` started twice (one per core) runs two runs side by side: each run is claimed
+# by a file under RUNS/.claims/ holding its worker's pid; a claim whose process is gone (a
+# session that ended) is stale and taken over.
+WAIT_S = 60
+
+
+def _claim_path(plan: dict, name: str) -> Path:
+    return ROOT / plan["runs"] / ".claims" / (name.replace("/", "__") + ".pid")
+
+
+def _process_start(pid: int) -> Optional[str]:
+    """The start time of process ``pid`` (so that a reused pid is not taken for its worker)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _claim_alive(path: Path) -> bool:
+    try:
+        words = path.read_text().split()
+    except FileNotFoundError:
+        return False
+    if not words:  # being written this instant
+        return time.time() - path.stat().st_mtime < 10
+    pid = int(words[0])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    started = words[1] if len(words) > 1 else None
+    return started is None or started == _process_start(pid)
+
+
+def _take(path: Path) -> bool:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            if _claim_alive(path):
+                return False
+            path.unlink(missing_ok=True)  # stale: its worker is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()} {_process_start(os.getpid()) or ''}\n")
+        return True
+    return False
+
+
+@contextlib.contextmanager
+def claim(plan: dict, name: str, wait: bool = False):
+    """Yields whether this worker holds ``name`` (with ``wait``: waits until it does)."""
+    path = _claim_path(plan, name)
+    mine = _take(path)
+    while wait and not mine:
+        time.sleep(1)
+        mine = _take(path)
+    try:
+        yield mine
+    finally:
+        if mine:
+            path.unlink(missing_ok=True)
+
+
+def claimed_elsewhere(plan: dict, run: dict) -> bool:
+    path = _claim_path(plan, run["name"])
+    return path.exists() and _claim_alive(path) and path.read_text().split()[:1] != [
+        str(os.getpid())]
+
+
+def run_pending(plan: dict, only: Optional[str] = None, max_runs: Optional[int] = None,
+                log=print) -> int:
+    """Runs the pending runs in plan order, each claimed first (another worker may hold it).
+    After each finished run it starts again from the top (a finished sweep frees the runs that
+    waited for it). When nothing is left to run here but another worker still holds a sweep run,
+    this one waits for it when a pending run needs that sweep run. Returns the runs finished."""
+    count = 0
+    while max_runs is None or count < max_runs:
+        finished = blocked = False
+        for run in plan["run"]:
+            if is_done(plan, run) or (only and not fnmatch.fnmatch(run["name"], only)):
+                continue
+            with claim(plan, run["name"]) as mine:
+                if not mine:  # another worker runs it
+                    continue
+                if is_done(plan, run):  # finished by another worker meanwhile
+                    continue
+                finished = run_one(plan, run, log)
+            if finished:
+                count += 1
+                break
+            waits_for = [r for r in plan["run"] if r["sweep"] and r["opt"] == run["opt"]
+                         and not is_done(plan, r)]
+            blocked |= any(claimed_elsewhere(plan, r) for r in waits_for)
+        if finished:
+            continue
+        if not blocked:
+            break
+        log(f"study: waiting {WAIT_S} s for another worker's run")
+        time.sleep(WAIT_S)
+    return count
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="study.py", description=__doc__.split("\n\n")[0])
     p.add_argument("command", choices=("status", "run", "report"))
@@ -348,15 +456,9 @@ def main(argv=None) -> int:
         return 0
     os.environ["OMP_NUM_THREADS"] = str(plan["threads"])
     os.environ["MKL_NUM_THREADS"] = str(plan["threads"])
-    prepare_data(plan)
-    count = 0
-    for run in plan["run"]:
-        if is_done(plan, run) or (args.only and not fnmatch.fnmatch(run["name"], args.only)):
-            continue
-        if args.max_runs is not None and count >= args.max_runs:
-            break
-        if run_one(plan, run):
-            count += 1
+    with claim(plan, "prepare", wait=True):
+        prepare_data(plan)
+    count = run_pending(plan, args.only, args.max_runs)
     print(f"study: {count} run(s) finished in this session")
     print("\n".join(status_lines(plan)))
     return 0
