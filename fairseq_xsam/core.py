@@ -97,7 +97,11 @@ def one_sweep_axpy(tensors: Sequence[Tensor]) -> bool:
     tensors. On the CPU every foreach op is a loop over the tensors anyway, so a broadcast scale
     costs nothing, and one flat tensor (fairseq's --fp16 master) is one kernel anywhere; for many
     CUDA tensors a broadcast scale would leave the multi-tensor fast path (a kernel per tensor),
-    so there the scale is applied in place first (one more sweep, same launches as before)."""
+    so there the scale is applied in place first (one more sweep, same launches as before).
+    fp16 tensors take that form too: ``addcmul`` casts the scale to the tensors' dtype, and the
+    scales here (ρ/‖g‖, ‖θ_k − θ‖/‖g_k‖) can pass fp16's 65,504 where scale × tensor does not."""
+    if tensors and tensors[0].dtype == torch.float16:
+        return False
     return len(tensors) <= 1 or tensors[0].device.type == "cpu"
 
 
@@ -214,8 +218,10 @@ class Plane:
     """The (u, v) plane of one update: two lists x = p·(u − v) and g = q·v, and 0-dim tensors.
 
     :func:`span_` builds it without normalisation sweeps (p, q are norms); :meth:`normalise_`
-    makes the lists u − v and v (p = q = 1). φ = 2·asin(‖u − v‖/2) is accurate at every angle,
-    also the small ones where arccos⟨u, v⟩ loses all digits; keeping u − v (not u) lets the
+    makes the lists u − v and v (p = q = 1). φ = 2·asin(‖u − v‖/2) is accurate at small angles,
+    where arccos⟨u, v⟩ loses all digits, and at every angle up to a few tenths of a degree from
+    π (u and v almost opposite; in fp32 φ is then only good to a few per cent of π − φ, and
+    within ~0.1° the plane may be taken as degenerate: d = v); keeping u − v (not u) lets the
     descent and the probes use u = (u − v) + v without a third buffer.
     """
 

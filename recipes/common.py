@@ -16,6 +16,7 @@ import math
 import os
 import re
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -239,6 +240,58 @@ def training_seconds(log_text: str) -> Optional[float]:
     return sum(per_epoch.values()) if per_epoch else None
 
 
+def epoch_rates(log_text: str) -> Dict[str, float]:
+    """Updates per second of training of every epoch (its updates over its train_wall; an epoch
+    logged twice counts with its last line). The study's runs checkpoint at epoch ends, so a
+    resumed epoch is trained again from its start and its line covers all of it."""
+    per_epoch: Dict[int, Dict[str, float]] = {}
+    for line in log_text.splitlines():
+        m = TRAIN_EPOCH_RE.search(line)
+        if m:
+            per_epoch[int(m.group(1))] = log_fields(m.group(2))
+    rates, before = {}, 0.0
+    for epoch in sorted(per_epoch):
+        f = per_epoch[epoch]
+        updates, wall = f.get("num_updates"), f.get("train_wall")
+        if updates is not None and wall and updates > before:
+            rates[str(epoch)] = (updates - before) / wall
+        before = updates if updates is not None else before
+    return rates
+
+
+def median_rate(log_text: str) -> Optional[float]:
+    """The median over epochs of :func:`epoch_rates`: the training speed, robust to an epoch in
+    which the machine stalled (a paused or overloaded machine inflates that epoch's train_wall)."""
+    rates = list(epoch_rates(log_text).values())
+    return statistics.median(rates) if rates else None
+
+
+#: the first line of every fairseq-train process: its configuration
+SESSION_START_RE = re.compile(r"\| fairseq_cli\.train \| \{'_name'")
+STAMP_RE = re.compile(r"^(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}) \|")
+
+
+def session_walls(log_text: str) -> List[float]:
+    """Seconds from the first to the last timestamped line of every fairseq-train process that
+    wrote to this log (a new process starts with its configuration line), killed ones too."""
+    walls: List[float] = []
+    first = last = None
+    for line in log_text.splitlines():
+        m = STAMP_RE.match(line)
+        if not m:
+            continue
+        stamp = time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S"))
+        if SESSION_START_RE.search(line) and first is not None:
+            walls.append(last - first)
+            first = None
+        if first is None:
+            first = stamp
+        last = stamp
+    if first is not None:
+        walls.append(last - first)
+    return walls
+
+
 def log_fields(text: str) -> Dict[str, float]:
     """The numeric 'key value' fields of a fairseq log message 'a 1 | b 2 | ...'."""
     out = {}
@@ -279,11 +332,17 @@ def run_training(run: Path, command: Sequence[str], prog: str, env: Optional[dic
                                "wall_s": round(time.time() - start, 1), "exit_status": rc})
     log_text = (run / "train.log").read_text(encoding="utf-8", errors="replace")
     stats = last_train_stats(log_text)
-    timing.update(finished=rc == 0, wall_s=round(sum(s["wall_s"] for s in timing["sessions"]), 1),
+    # wall-clock from the log: every fairseq process that trained this run, also those killed
+    # with their session (they never got to write their entry above)
+    walls = session_walls(log_text)
+    timing.update(finished=rc == 0,
+                  wall_s=round(sum(walls) if walls else sum(s["wall_s"]
+                                                            for s in timing["sessions"]), 1),
+                  processes=len(walls) or None,
                   updates=int(stats["num_updates"]) if "num_updates" in stats else None,
                   train_wall_s=training_seconds(log_text))
-    timing["updates_per_s"] = (round(timing["updates"] / timing["train_wall_s"], 3)
-                               if timing["updates"] and timing["train_wall_s"] else None)
+    rate = median_rate(log_text)
+    timing["updates_per_s"] = round(rate, 3) if rate else None
     timing_file.write_text(json.dumps(timing, indent=2) + "\n")
     if rc != 0:
         raise SystemExit(f"{prog}: fairseq-train failed with exit status {rc} "

@@ -56,7 +56,10 @@ sys.path.pop(0)
 ORDER = ("adamw", "sam", "xsam", "fixed", "msam", "msam+", "lsam", "lsam+")
 VALID_RE = re.compile(r"epoch (\d+) \| valid on '([^']+)' subset \| (.*)$")
 ALPHA_RE = re.compile(r"XSAM alpha search at update (\d+): alpha=([-+0-9.eE]+)"
-                      r"(?: \(probe losses ([^)]*)\))?")
+                      r"(?: \(probe losses ([^)]*)\))?(.*)$")
+#: since issue 14 a search's log line ends in this note when α* is on the edge (decided at full
+#: precision), and the log has the metric xsam_alpha_at_edge; older logs only have the losses
+EDGE_NOTE = " [at the grid's edge"
 UPDATES_RE = re.compile(r"num_updates[ =](\d+)")
 FLATNESS_KEYS = ("lambda_max", "lambda_ratio", "avg_sharpness")
 FLATNESS_DIGITS = {"lambda_max": 2, "lambda_ratio": 3, "avg_sharpness": 4}
@@ -69,20 +72,25 @@ def parse_train_log(text: str) -> dict:
     """Validation metrics per epoch (subset 'valid'), alpha searches, whether each search was
     pinned at the edge of its grid (None without the probe losses) and the last update count."""
     valid: Dict[int, Dict[str, float]] = {}
-    alpha: List[tuple] = []
-    pinned: List[Optional[bool]] = []
+    searches: Dict[int, tuple] = {}  # by update: a search repeated after a resume counts once
     updates = None
+    noted = "xsam_alpha_at_edge" in text  # the edge is in the log lines themselves
     for line in text.splitlines():
         m = VALID_RE.search(line)
         if m and m.group(2) == "valid":
             valid[int(m.group(1))] = _fields(m.group(3))
         m = ALPHA_RE.search(line)
         if m:
-            alpha.append((int(m.group(1)), float(m.group(2))))
-            pinned.append(edge_pinned([float(x) for x in m.group(3).split()])
+            if noted:
+                pinned = EDGE_NOTE in m.group(4)
+            else:  # recomputed from the printed (rounded) losses
+                pinned = (edge_pinned([float(x) for x in m.group(3).split()])
                           if m.group(3) else None)
+            searches[int(m.group(1))] = (float(m.group(2)), pinned)
         for m in UPDATES_RE.finditer(line):
             updates = int(m.group(1))
+    alpha = [(u, a) for u, (a, _) in sorted(searches.items())]
+    pinned = [p for _, (_, p) in sorted(searches.items())]
     return {"valid": valid, "alpha": alpha, "alpha_pinned": pinned, "updates": updates}
 
 
@@ -128,13 +136,17 @@ def load_run(run: Path, allow_missing: bool) -> dict:
     info["multi"] = bool(info["bleu"]) and "sacrebleu" not in info["bleu"]
     timing = run / "timing.json"
     info["timing"] = json.loads(timing.read_text()) if timing.is_file() else None
-    if info["timing"] is None:  # from the log: the epochs' train_wall added up
-        text = log.read_text(encoding="utf-8", errors="replace")
-        stats, seconds = common.last_train_stats(text), common.training_seconds(text)
-        if seconds and stats.get("num_updates"):
-            info["timing"] = {"updates": int(stats["num_updates"]), "wall_s": None,
-                              "train_wall_s": seconds,
-                              "updates_per_s": stats["num_updates"] / seconds}
+    # the cost from the log itself (the same for every run, whenever its timing.json was written):
+    # updates/s = the median over epochs (an epoch in which the machine stalled does not count),
+    # wall-clock = every fairseq process that wrote the log, killed ones too
+    text = log.read_text(encoding="utf-8", errors="replace")
+    stats, rate = common.last_train_stats(text), common.median_rate(text)
+    if rate and stats.get("num_updates"):
+        walls = common.session_walls(text)
+        info["timing"] = {**(info["timing"] or {}), "updates": int(stats["num_updates"]),
+                          "wall_s": sum(walls) if walls else None,
+                          "train_wall_s": common.training_seconds(text),
+                          "updates_per_s": rate}
     return info
 
 
@@ -183,7 +195,7 @@ def summarise(groups: Dict[str, List[dict]]) -> Dict[str, dict]:
             row[key] = mean_std([float(next(iter(r["scores"].values()))[key]) for r in scored])
         row["updates"] = sorted({r["updates"] for r in runs if r["updates"] is not None})
         flat = [r["sharpness"] for r in runs if r["sharpness"]]
-        row["flatness"] = {k: mean_std([float(f[k]) for f in flat if k in f])
+        row["flatness"] = {k: mean_std([float(f[k]) for f in flat if f.get(k) is not None])
                            for k in FLATNESS_KEYS} if flat else None
         out[lab] = row
     return out
@@ -348,8 +360,10 @@ def report(runs: List[dict], out: Path, title: str, note: Optional[str],
 
 MULTI_SCORING = ("sacreBLEU scores the detokenized (SentencePiece-decoded) hypotheses against the "
                  "raw, cased references (signature below); tokenized BLEU is fairseq-generate's "
-                 "`BLEU4` on the same output. Beam 5, every sentence of every test set "
-                 "translated (checked).")
+                 "`BLEU4` on the same output: the SentencePiece-decoded text split at spaces, "
+                 "cased (this pipeline has no Moses tokenizer, so punctuation stays attached to "
+                 "words: not comparable to the Moses-tokenized BLEU of IWSLT14 papers). Beam 5, "
+                 "every sentence of every test set translated (checked).")
 PAIRS = (("xsam", "sam"), ("xsam", "adamw"))
 
 
@@ -394,17 +408,28 @@ def read_references(score: dict, refs_dir: Optional[Path]) -> List[str]:
         import gzip
 
         with gzip.open(path, "rt", encoding="utf-8") as f:
-            lines = f.read().rstrip("\n").split("\n")
+            lines = read_lines(f.read())
     else:
-        lines = path.read_text(encoding="utf-8").rstrip("\n").split("\n")
+        lines = read_lines(path.read_text(encoding="utf-8"))
     return lines[:int(score["references"])]
+
+
+def read_lines(text: str) -> List[str]:
+    """The lines of a file written one sentence per line, each ending in a newline (an empty
+    translation is an empty line, also the last one)."""
+    return (text[:-1] if text.endswith("\n") else text).split("\n") if text else []
 
 
 def read_hypotheses(run: dict, name: str) -> List[str]:
     path = run["run"] / "eval" / run["scores"][name].get("hypothesis_file", f"{name}.hyp.en")
     if not path.is_file():
         raise SystemExit(f"{run['run']}: {path.name} is missing (the hypotheses of {name})")
-    return path.read_text(encoding="utf-8").rstrip("\n").split("\n")
+    hyps = read_lines(path.read_text(encoding="utf-8"))
+    expected = run["scores"][name].get("hypotheses")
+    if expected is not None and len(hyps) != int(expected):
+        raise SystemExit(f"{run['run']}: {path.name} has {len(hyps)} lines, bleu.json says "
+                         f"{expected} hypotheses")
+    return hyps
 
 
 def significance(runs: List[dict], refs_dir: Optional[Path], samples: int = 1000) -> List[dict]:
@@ -425,8 +450,12 @@ def significance(runs: List[dict], refs_dir: Optional[Path], samples: int = 1000
                 if name not in a["scores"] or name not in b["scores"]:
                     continue
                 refs = read_references(b["scores"][name], refs_dir)
+                base_hyps, sys_hyps = read_hypotheses(a, name), read_hypotheses(b, name)
+                if not len(base_hyps) == len(sys_hyps) == len(refs):  # sacreBLEU would zip
+                    raise SystemExit(f"{name}: {len(base_hyps)} hypotheses of {a['name']}, "
+                                     f"{len(sys_hyps)} of {b['name']}, {len(refs)} references")
                 signatures, scores = PairedTest(
-                    [(baseline, read_hypotheses(a, name)), (system, read_hypotheses(b, name))],
+                    [(baseline, base_hyps), (system, sys_hyps)],
                     {"BLEU": BLEU(references=[refs])}, references=None, test_type="bs",
                     n_samples=samples)()
                 base, sys_ = scores["BLEU"]
@@ -541,9 +570,12 @@ def report_multi(runs: List[dict], out: Path, title: str, note: Optional[str],
     cost = cost_rows(groups)
     if any(c[1] for c in cost):
         base = next((statistics.mean(c[3]) for c in cost if c[0] == "adamw" and c[3]), None)
-        lines += ["## Cost", "", "Wall-clock of the training (all sessions, minutes) and updates "
-                  "per second of training (fairseq's `train_wall`, without validation), mean ± "
-                  "sample std over runs, on the machine that ran them.", "",
+        lines += ["## Cost", "", "Wall-clock of the training (every fairseq process that wrote "
+                  "the run's train.log, from its first to its last line; minutes; it includes "
+                  "validation and any time the machine was paused or shared) and updates per "
+                  "second of training (per run the median over epochs of the epoch's updates "
+                  "over its `train_wall`, so that an epoch in which the machine stalled does not "
+                  "count), mean ± sample std over runs, on the machine that ran them.", "",
                   "| optimizer | runs | wall-clock (min) | updates | updates/s | time per update "
                   "/ adamw |", "|---|---|---|---|---|---|"]
         for lab, n, wall, ups, updates in cost:

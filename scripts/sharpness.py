@@ -75,7 +75,12 @@ def add_data_options(p, batches_default):
                    f"{batches_default})")
     p.add_argument("--first-batch", type=checked(int, "--first-batch", lambda v: v >= 0,
                                                  "allowed: an integer >= 0"), default=0,
-                   help="index of the first batch used, in the unshuffled order (default 0)")
+                   help="index of the first batch used, in --batch-order (default 0)")
+    p.add_argument("--batch-order", choices=("shuffled", "sorted"), default="shuffled",
+                   help="shuffled (default): the batches in the order of fairseq's first training "
+                        "epoch with seed 1, a random sample of the split; sorted: fairseq's "
+                        "length-sorted order, whose first batches hold the shortest sentences "
+                        "(the order before 2026-12-02)")
     p.add_argument("--max-tokens", type=checked(int, "--max-tokens", lambda v: v >= 1,
                                                 "allowed: an integer >= 1"), default=4096)
     p.add_argument("--max-sentences", type=checked(int, "--max-sentences", lambda v: v >= 1,
@@ -167,7 +172,7 @@ def load_setup(args) -> Setup:
         max_sentences=args.max_sentences,
         max_positions=utils.resolve_max_positions(task.max_positions(), model.max_positions()),
         ignore_invalid_inputs=True, required_batch_size_multiple=1, seed=1, epoch=1,
-    ).next_epoch_itr(shuffle=False)
+    ).next_epoch_itr(shuffle=getattr(args, "batch_order", "shuffled") == "shuffled")
     samples = []
     for i, sample in enumerate(itr):
         if i < args.first_batch:
@@ -266,6 +271,8 @@ def main(argv=None):
         "one_d": args.one_d,
         "batches": args.batches,
         "first_batch": args.first_batch,
+        "batch_order": args.batch_order,
+        "sentences": sum(int(x["nsentences"]) for x in setup.samples),
         "max_tokens": args.max_tokens,
         "split": args.split,
         "sample_size": setup.sample_size,

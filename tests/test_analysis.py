@@ -4,6 +4,7 @@ tiny checkpoint trained by fairseq-train with xsam_adamw."""
 
 import json
 import math
+import statistics
 import os
 import subprocess
 import sys
@@ -341,6 +342,28 @@ def test_sharpness_script_writes_the_flatness_json(checkpoint):
     assert res["lambda_ratio"] == pytest.approx(lam[0] / lam[4])
     assert math.isfinite(res["avg_sharpness"]) and res["directions"] == 8
     assert res["batches"] == 2 and res["sigma"] == 0.05 and res["checkpoint"] == ck
+
+
+def test_flatness_batches_are_a_sample_of_the_split_not_its_shortest_sentences(checkpoint):
+    """fairseq's unshuffled order sorts by length: its first batches are the shortest sentences.
+    The default takes the batches of fairseq's first training epoch with seed 1 (shuffled, the
+    same every time)."""
+    sharpness = load_script("sharpness")
+    data, ck, _ = checkpoint
+
+    def sources(*extra):
+        setup = sharpness.load_setup(sharpness.parse_args(
+            [ck, "--data", data, "--cpu", "--batches", "3", "--max-tokens", "300", *extra]))
+        return sorted(int(i) for s in setup.samples for i in s["id"])
+
+    shuffled, again, short = sources(), sources(), sources("--batch-order", "sorted")
+    assert shuffled == again and shuffled != short
+    from fairseq.data.indexed_dataset import make_dataset
+    dataset = make_dataset(os.path.join(data, "train.de-en.de"), impl="mmap")
+    sizes = [int(x) for x in dataset.sizes]  # a copy: the sizes live in the dataset's mmap
+    # the sorted order's batches hold the shortest sentences; the shuffled ones are longer
+    assert max(sizes[i] for i in short) <= sorted(sizes)[len(short)]
+    assert statistics.mean(sizes[i] for i in shuffled) > statistics.mean(sizes[i] for i in short)
 
 
 def test_fairseq_hvp_matches_finite_differences_of_the_gradient(checkpoint, monkeypatch):

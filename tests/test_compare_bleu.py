@@ -130,6 +130,42 @@ def test_valid_loss_parsing_matches_the_log():
         7: {"loss": 3.5, "nll_loss": 2.1, "bleu": 30.2, "num_updates": 70.0}}
 
 
+def test_alpha_searches_count_once_and_take_the_edge_from_the_log_note():
+    """A search repeated after a resume (same update) counts once, with its last line; where
+    the log has the optimizer's own edge verdict (issue 14: the note and the metric
+    xsam_alpha_at_edge), it is used instead of the rounded losses."""
+    compare_bleu = compare_bleu_module()
+    line = "| INFO | fairseq_xsam.fairseq.glue | XSAM alpha search at update {}: alpha={} " \
+           "(probe losses {}){}"
+    edge = " [at the grid's edge]"
+    log = "\n".join([
+        line.format(1, "2.00", "3.1 3.2 3.3", edge),
+        line.format(262, "2.00", "4.4870 4.4870 4.4870", edge),  # rises only beyond 4 digits
+        line.format(523, "1.00", "5.0 5.1 5.0", ""),
+        line.format(1045, "2.00", "6.0 6.1 6.2", edge),  # killed before its checkpoint
+        line.format(1045, "1.00", "6.0 6.3 6.2", ""),  # the resumed run searched again
+        "| train_inner | epoch 001: 100 / 261 xsam_alpha=2, xsam_alpha_at_edge=1, num_updates=100"])
+    parsed = compare_bleu.parse_train_log(log)
+    assert parsed["alpha"] == [(1, 2.0), (262, 2.0), (523, 1.0), (1045, 1.0)]
+    assert parsed["alpha_pinned"] == [True, True, False, False]
+    # an older log (no note, no metric): the edge from the printed losses, ties to the first
+    old = compare_bleu.parse_train_log(log.replace(edge, "").replace("xsam_alpha_at_edge=1, ", ""))
+    assert old["alpha_pinned"] == [True, False, False, False]
+
+
+def test_hypothesis_files_keep_an_empty_last_translation_and_must_match_bleu_json(tmp_path):
+    compare_bleu = compare_bleu_module()
+    assert compare_bleu.read_lines("a b\n\n") == ["a b", ""]  # the last translation is empty
+    assert compare_bleu.read_lines("a\nb") == ["a", "b"] and compare_bleu.read_lines("") == []
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "t.hyp.en").write_text("one\ntwo\n")
+    run = {"run": tmp_path, "scores": {"t": {"hypothesis_file": "t.hyp.en", "hypotheses": 2}}}
+    assert compare_bleu.read_hypotheses(run, "t") == ["one", "two"]
+    run["scores"]["t"]["hypotheses"] = 3
+    with pytest.raises(SystemExit, match="t.hyp.en has 2 lines, bleu.json says 3 hypotheses"):
+        compare_bleu.read_hypotheses(run, "t")
+
+
 def test_missing_evaluation_is_a_clear_error_or_listed(tmp_path):
     runs = []
     for run in fixture_runs()[:3]:

@@ -115,6 +115,27 @@ def test_zero_gradient_gives_no_step_and_no_nan():
     assert torch.equal(flat(theta), torch.ones(8))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_tensors_take_large_scales_without_overflow(dtype):
+    """ρ/‖g‖ and the plane's scales can exceed fp16's range (65,504) although scale × tensor
+    fits; the plain optimizer may hold fp16/bf16 parameters, so the scale is never cast to it."""
+    theta = split(torch.ones(8, dtype=dtype))
+    core.ascent_step_(theta, split(torch.zeros(8, dtype=dtype)), 0.15)
+    assert torch.equal(flat(theta), torch.ones(8, dtype=dtype))  # zero gradient: no step
+    g = torch.tensor([1e-6, -1e-6, 5e-7, 0, 0, 0, 0, 2e-7], dtype=dtype)
+    theta = split(torch.ones(8, dtype=dtype))
+    core.ascent_step_(theta, split(g.clone()), 0.15)
+    expected = 1 + 0.15 * g.double() / g.double().norm()
+    assert torch.allclose(flat(theta).double(), expected, atol=1e-2)
+    # a whole XSAM update with a tiny g_0 and a zero g_k: finite, θ restored
+    theta, backup = split(torch.ones(8, dtype=dtype)), split(torch.empty(8, dtype=dtype))
+    zeros = split(torch.zeros(8, dtype=dtype))
+    core.sharpness_update(theta, split(g.clone()), backup, rho=0.15, ascent_steps=1,
+                          variant="fixed", alpha=1.5, compute_grad=lambda: zeros)
+    assert torch.equal(flat(theta), torch.ones(8, dtype=dtype))
+    assert torch.isfinite(flat(zeros)).all()
+
+
 def test_pick_alpha_argmax_ties_and_non_finite():
     grid = [0.0, 0.5, 1.0, 1.5]
     assert core.pick_alpha(torch.tensor([1.0, 3.0, 3.0, 2.0]), grid) == 1  # tie: smallest α

@@ -343,7 +343,40 @@ def test_training_seconds_add_up_every_epoch_once(tmp_path):
     run.mkdir()
     (run / "train.log").write_text(log)
     info = compare_bleu.load_run(run, allow_missing=True)  # no timing.json: from the log
-    assert info["timing"]["updates_per_s"] == pytest.approx(783 / 251)
+    # the speed is the median epoch's: 261 updates in 89, 80 (epoch 2's last line), 82 s
+    assert info["timing"]["updates_per_s"] == pytest.approx(261 / 82)
+
+
+def test_speed_ignores_a_stalled_epoch_and_wall_clock_counts_killed_processes(tmp_path):
+    """An epoch in which the machine was paused (train_wall 4,500 s instead of ~800) does not
+    change the speed; the wall-clock counts every fairseq process that wrote the log, also one
+    killed with its session (it never wrote its timing.json entry)."""
+    start = "{} | INFO | fairseq_cli.train | {{'_name': None, 'common': {{}}}}\n"
+    epoch = ("{} | INFO | train | epoch {:03d} | loss 5 | ups 0.3 | num_updates {} | "
+             "train_wall {} | wall 0\n")
+    log = (start.format("2026-12-02 04:42:43")
+           + epoch.format("2026-12-02 04:57:00", 1, 261, 850)
+           + epoch.format("2026-12-02 05:11:00", 2, 522, 813)
+           + epoch.format("2026-12-02 06:25:00", 3, 783, 4500)  # paused for an hour
+           + "2026-12-02 06:40:43 | INFO | train_inner | epoch 004: 100 / 261\n"  # killed here
+           + "a warning without a time stamp\n"
+           + start.format("2026-12-02 07:06:00")
+           + epoch.format("2026-12-02 07:20:00", 4, 1044, 797)
+           + epoch.format("2026-12-02 07:34:30", 5, 1305, 800))
+    common = recipe.common
+    rates = common.epoch_rates(log)
+    assert rates == pytest.approx({"1": 261 / 850, "2": 261 / 813, "3": 261 / 4500,
+                                   "4": 261 / 797, "5": 261 / 800})
+    assert common.median_rate(log) == pytest.approx(261 / 813)
+    assert common.session_walls(log) == [2 * 3600 - 2 * 60 + 0, 14 * 60 + 30 + 14 * 60]
+    run = tmp_path / "xsam-seed1"
+    run.mkdir()
+    (run / "train.log").write_text(log)
+    (run / "timing.json").write_text(json.dumps({"wall_s": 1710, "updates_per_s": 0.15,
+                                                 "continued_from": "sweep/x"}))
+    timing = compare_bleu.load_run(run, allow_missing=True)["timing"]
+    assert timing["updates_per_s"] == pytest.approx(261 / 813)
+    assert timing["wall_s"] == 7080 + 1710 and timing["continued_from"] == "sweep/x"
 
 
 CONTINUE_PLAN = """
