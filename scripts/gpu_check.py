@@ -16,7 +16,7 @@ out is stopped and what it wrote is kept (training saves a checkpoint every 100 
                its real 39,469,056 parameters)
   precision    (a) scripts/precision_check.py: --fp16 (flat master tensor) and --amp vs fp32
   bench-*      (b) scripts/benchmark.py under fp32, fp16, amp: AdamW, SAM, XSAM updates/s, the
-               ratios, peak CUDA memory
+               ratios, peak CUDA memory; bench-mlp: the memory-bound MLPs (--case mlp)
   train-*      (c) recipes/iwslt14_de_en/train.sh xsam, 300 updates under --fp16 and --amp:
                divergence, overflow skips
   evaluate     (d) recipes/iwslt14_de_en/evaluate.sh on all 6,750 test sentences with the
@@ -145,6 +145,14 @@ def bench_command(precision):
     return command
 
 
+def mlp_command(ctx):
+    """(b) the memory-bound case: XSAM/SAM where the passes are short (plain-PyTorch API)."""
+    steps = ["--rounds", "2", "--warmup", "0", "--mlps", "2.1M"] if ctx.smoke else [
+        "--rounds", "40", "--warmup", "5", "--mlps", "2.1M,6.3M,25.2M"]
+    return [ctx.python, "scripts/benchmark.py", "--case", "mlp", "--device", ctx.device, *steps,
+            "--json", str(ctx.work / "bench-mlp.json")]
+
+
 def bench_figures(precision):
     def figures(ctx):
         found = read_json(ctx.work / f"bench-{precision}.json")
@@ -267,6 +275,8 @@ def phases() -> List[Phase]:
               lambda ctx: read_json(ctx.work / "precision.json") or {}, ("data",)),
         *[Phase(f"bench-{p}", f"(b) benchmark, {p}", 40, bench_command(p), bench_figures(p),
                 ("data",)) for p in ("fp32", "fp16", "amp")],
+        Phase("bench-mlp", "(b) benchmark, memory-bound MLPs (plain PyTorch, fp32)", 15,
+              mlp_command, lambda ctx: read_json(ctx.work / "bench-mlp.json") or {}),
         Phase("train-fp16", "(c) XSAM training, --fp16 (300 updates; smoke 6)", 65, train_command("fp16"),
               train_figures("fp16"), ("data",)),
         Phase("train-amp", "(c) XSAM training, --amp (300 updates; smoke 6)", 85, train_command("amp"),
@@ -417,12 +427,18 @@ def report(ctx: Context, plan: List[Phase], env: dict, started: str, budget: flo
 def headline(phase: Phase) -> str:
     f = phase.result.get("figures") or {}
     try:
+        if phase.name == "bench-mlp" and f.get("mlps"):
+            return "; ".join(f"{k}: XSAM/SAM {m['xsam_sam']:.3f} (per round "
+                             f"{m['xsam_sam_paired'][0]:.3f}), SAM/base {m['sam_base']:.3f}, "
+                             f"predicted {m['predicted_xsam_sam']:.3f}"
+                             for k, m in f["mlps"].items())
         if phase.name.startswith("bench-") and f.get("ratios"):
             ups = ", ".join(f"{n} {o['updates_per_s']:.2f}" for n, o in f["optimizers"].items()
                             if n != "xsam-search-every-update")
             r = f["ratios"]
             peak = f["optimizers"]["xsam"]["peak_cuda_mib"]
-            return (f"updates/s {ups}; XSAM/SAM {r['xsam_sam_amortised']:.3f}, SAM/AdamW "
+            return (f"updates/s {ups}; XSAM/SAM {r['xsam_sam_amortised']:.3f} (from its parts "
+                    f"{f.get('xsam_sam_from_parts', float('nan')):.4f}), SAM/AdamW "
                     f"{r['sam_adamw']:.3f}; XSAM extra state {f['xsam_extra_state_mib']:.1f} "
                     f"MiB (one fp32 copy {f['one_fp32_copy_mib']:.1f})"
                     + (f"; peak {peak:.0f} MiB" if peak else ""))

@@ -8,8 +8,8 @@ import tarfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "gpu_check.sh")
-PHASES = ["install", "data", "precision", "bench-fp32", "bench-fp16", "bench-amp", "train-fp16",
-          "train-amp", "evaluate", "cuda-tests"]
+PHASES = ["install", "data", "precision", "bench-fp32", "bench-fp16", "bench-amp", "bench-mlp",
+          "train-fp16", "train-amp", "evaluate", "cuda-tests"]
 
 
 def run(*args, timeout=60):
@@ -33,6 +33,7 @@ def test_dry_run_prints_every_phase_its_command_and_a_limit_within_the_budget(tm
     assert "scripts/precision_check.py --device cuda" in text and "transformer_iwslt_de_en" in text
     for precision in ("fp32", "fp16", "amp"):
         assert f"scripts/benchmark.py --device cuda --precision {precision}" in text
+    assert "scripts/benchmark.py --case mlp --device cuda --rounds 40" in text
     assert "--max-update 300" in text and "--expect-sentences 6750" in text
     assert "-m cuda tests/test_gpu_path.py" in text
     assert "install_gpu.sh --target /tmp/site --wheels" in text
@@ -62,6 +63,9 @@ def test_smoke_runs_every_phase_on_the_cpu_and_writes_the_report(tmp_path):
         assert bench["ratios"]["sam_adamw"] > 0
         # XSAM keeps one fp32 copy of the parameters more than AdamW, exactly
         assert abs(bench["xsam_extra_state_mib"] - bench["one_fp32_copy_mib"]) < 1e-9
+    mlp = f["bench-mlp"]["mlps"]["2.1M"]
+    assert mlp["parameters"] == 2_099_600 and mlp["xsam_sam"] > 0
+    assert "| bench-mlp:" in (tmp_path / "out" / "report.md").read_text()
     for precision in ("fp16", "amp"):
         train = f[f"train-{precision}"]
         assert train["updates"] == 6 and train["finite"] and train["checkpoint"]
