@@ -278,6 +278,10 @@ def status_lines(plan: dict) -> List[str]:
         res, work = results_dir(plan, run), work_dir(plan, run)
         if is_done(plan, run):
             t = json.loads((res / "timing.json").read_text())
+            log = (res / "train.log").read_text(encoding="utf-8", errors="replace")
+            rate, walls = recipe.common.median_rate(log), recipe.common.session_walls(log)
+            t.update({"updates_per_s": round(rate, 3) if rate else t.get("updates_per_s"),
+                      "wall_s": sum(walls) if walls else t.get("wall_s")})  # as the report
             bleu = res / "eval" / "bleu.json"
             first = next(iter(json.loads(bleu.read_text()).items()), None) if bleu.is_file() \
                 else None
