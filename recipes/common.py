@@ -226,32 +226,30 @@ def last_train_stats(log_text: str) -> Dict[str, float]:
     return stats
 
 
-def training_seconds(log_text: str) -> Optional[float]:
-    """Seconds spent in training steps over the whole run: the sum of each epoch's train_wall
-    (fairseq resets that meter every epoch). An epoch logged twice (a run killed after the line,
-    before its checkpoint, then resumed) counts once, with its last line."""
-    per_epoch: Dict[str, float] = {}
-    for line in log_text.splitlines():
-        m = TRAIN_EPOCH_RE.search(line)
-        if m:
-            wall = log_fields(m.group(2)).get("train_wall")
-            if wall is not None:
-                per_epoch[m.group(1)] = wall
-    return sum(per_epoch.values()) if per_epoch else None
-
-
-def epoch_rates(log_text: str) -> Dict[str, float]:
-    """Updates per second of training of every epoch (its updates over its train_wall; an epoch
-    logged twice counts with its last line). The study's runs checkpoint at epoch ends, so a
-    resumed epoch is trained again from its start and its line covers all of it."""
+def epoch_fields(log_text: str) -> Dict[int, Dict[str, float]]:
+    """The numeric fields of every epoch's end-of-epoch 'train' line. An epoch logged twice (a
+    run killed after the line, before its checkpoint, then resumed) counts with its last line;
+    the study's runs checkpoint at epoch ends, so a resumed epoch is trained again from its
+    start and that line covers all of it."""
     per_epoch: Dict[int, Dict[str, float]] = {}
     for line in log_text.splitlines():
         m = TRAIN_EPOCH_RE.search(line)
         if m:
             per_epoch[int(m.group(1))] = log_fields(m.group(2))
+    return per_epoch
+
+
+def training_seconds(log_text: str) -> Optional[float]:
+    """Seconds spent in training steps over the whole run: the sum of each epoch's train_wall
+    (fairseq resets that meter every epoch)."""
+    walls = [f["train_wall"] for f in epoch_fields(log_text).values() if "train_wall" in f]
+    return sum(walls) if walls else None
+
+
+def epoch_rates(log_text: str) -> Dict[str, float]:
+    """Updates per second of training of every epoch: its updates over its train_wall."""
     rates, before = {}, 0.0
-    for epoch in sorted(per_epoch):
-        f = per_epoch[epoch]
+    for epoch, f in sorted(epoch_fields(log_text).items()):
         updates, wall = f.get("num_updates"), f.get("train_wall")
         if updates is not None and wall and updates > before:
             rates[str(epoch)] = (updates - before) / wall
@@ -264,6 +262,16 @@ def median_rate(log_text: str) -> Optional[float]:
     which the machine stalled (a paused or overloaded machine inflates that epoch's train_wall)."""
     rates = list(epoch_rates(log_text).values())
     return statistics.median(rates) if rates else None
+
+
+def log_timing(log_text: str) -> Dict[str, Optional[float]]:
+    """A run's cost read from its train.log alone (the same whenever and by whom it was read):
+    updates, wall-clock of every fairseq process that wrote the log (:func:`session_walls`),
+    training seconds (:func:`training_seconds`) and updates/s (:func:`median_rate`)."""
+    stats, walls = last_train_stats(log_text), session_walls(log_text)
+    return {"updates": int(stats["num_updates"]) if "num_updates" in stats else None,
+            "wall_s": sum(walls) if walls else None, "processes": len(walls) or None,
+            "train_wall_s": training_seconds(log_text), "updates_per_s": median_rate(log_text)}
 
 
 #: the first line of every fairseq-train process: its configuration
@@ -330,19 +338,15 @@ def run_training(run: Path, command: Sequence[str], prog: str, env: Optional[dic
     timing["sessions"].append({"started": time.strftime("%Y-%m-%d %H:%M:%S",
                                                         time.localtime(start)),
                                "wall_s": round(time.time() - start, 1), "exit_status": rc})
-    log_text = (run / "train.log").read_text(encoding="utf-8", errors="replace")
-    stats = last_train_stats(log_text)
-    # wall-clock from the log: every fairseq process that trained this run, also those killed
-    # with their session (they never got to write their entry above)
-    walls = session_walls(log_text)
-    timing.update(finished=rc == 0,
-                  wall_s=round(sum(walls) if walls else sum(s["wall_s"]
-                                                            for s in timing["sessions"]), 1),
-                  processes=len(walls) or None,
-                  updates=int(stats["num_updates"]) if "num_updates" in stats else None,
-                  train_wall_s=training_seconds(log_text))
-    rate = median_rate(log_text)
-    timing["updates_per_s"] = round(rate, 3) if rate else None
+    # the cost from the log: the wall-clock also counts processes killed with their session
+    # (they never got to write their entry above)
+    found = log_timing((run / "train.log").read_text(encoding="utf-8", errors="replace"))
+    if found["wall_s"] is None:
+        found["wall_s"] = sum(s["wall_s"] for s in timing["sessions"])
+    timing.update(finished=rc == 0, **found)
+    timing["wall_s"] = round(timing["wall_s"], 1)
+    if timing["updates_per_s"]:
+        timing["updates_per_s"] = round(timing["updates_per_s"], 3)
     timing_file.write_text(json.dumps(timing, indent=2) + "\n")
     if rc != 0:
         raise SystemExit(f"{prog}: fairseq-train failed with exit status {rc} "

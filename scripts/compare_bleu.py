@@ -139,14 +139,9 @@ def load_run(run: Path, allow_missing: bool) -> dict:
     # the cost from the log itself (the same for every run, whenever its timing.json was written):
     # updates/s = the median over epochs (an epoch in which the machine stalled does not count),
     # wall-clock = every fairseq process that wrote the log, killed ones too
-    text = log.read_text(encoding="utf-8", errors="replace")
-    stats, rate = common.last_train_stats(text), common.median_rate(text)
-    if rate and stats.get("num_updates"):
-        walls = common.session_walls(text)
-        info["timing"] = {**(info["timing"] or {}), "updates": int(stats["num_updates"]),
-                          "wall_s": sum(walls) if walls else None,
-                          "train_wall_s": common.training_seconds(text),
-                          "updates_per_s": rate}
+    found = common.log_timing(log.read_text(encoding="utf-8", errors="replace"))
+    if found["updates_per_s"] and found["updates"]:
+        info["timing"] = {**(info["timing"] or {}), **found}
     return info
 
 

@@ -278,16 +278,15 @@ def status_lines(plan: dict) -> List[str]:
         res, work = results_dir(plan, run), work_dir(plan, run)
         if is_done(plan, run):
             t = json.loads((res / "timing.json").read_text())
-            log = (res / "train.log").read_text(encoding="utf-8", errors="replace")
-            rate, walls = recipe.common.median_rate(log), recipe.common.session_walls(log)
-            t.update({"updates_per_s": round(rate, 3) if rate else t.get("updates_per_s"),
-                      "wall_s": sum(walls) if walls else t.get("wall_s")})  # as the report
+            found = recipe.common.log_timing((res / "train.log").read_text(
+                encoding="utf-8", errors="replace"))  # as the report reads it
+            t.update({k: v for k, v in found.items() if v is not None})
             bleu = res / "eval" / "bleu.json"
             first = next(iter(json.loads(bleu.read_text()).items()), None) if bleu.is_file() \
                 else None
             out.append(f"done     {run['name']}: finished {t.get('finished_at')}, train "
                        f"{(t.get('wall_s') or 0) / 60:.1f} min, {t.get('updates')} updates, "
-                       f"{t.get('updates_per_s')} updates/s, best valid loss "
+                       f"{round(t.get('updates_per_s') or 0, 3)} updates/s, best valid loss "
                        f"{best_valid_loss(res)}"
                        + (f", {first[0]} sacreBLEU {first[1]['sacrebleu']}" if first else ""))
         elif (work / "train.log").is_file():
