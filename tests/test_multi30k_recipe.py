@@ -6,6 +6,7 @@ real data runs in tests/test_demo.py (demo --quick = the recipe's tiny preset)."
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import os
@@ -14,6 +15,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -509,3 +511,108 @@ def test_two_workers_share_the_plan_through_claims(plan, monkeypatch, tmp_path):
     calls.clear()
     study.main(["run", "--plan", path, "--only", "xsam-seed2"])
     assert [n for kind, n, _ in calls if kind == "train"] == ["xsam-seed2"]
+
+
+# ------------------------------------------------- a session starts only what it can finish
+
+def timed_log(epochs, updates_per_epoch, train_wall, other_s, start=1_700_000_000):
+    """A fairseq-like train.log: one process, every epoch `train_wall` seconds of training
+    and `other_s` seconds of the rest (validation, checkpoint), timestamped."""
+    stamp = lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(start + t))  # noqa
+    lines, t = [f"{stamp(0)} | INFO | fairseq_cli.train | {{'_name': None}}"], 0.0
+    for e in range(1, epochs + 1):
+        t += train_wall
+        lines.append(f"{stamp(t)} | INFO | train | epoch {e:03d} | loss 4.0 | num_updates "
+                     f"{updates_per_epoch * e} | train_wall {train_wall}")
+        t += other_s
+        lines.append(f"{stamp(t)} | INFO | valid | epoch {e:03d} | valid on 'valid' subset | "
+                     f"loss {5.0 - e / 10} | num_updates {updates_per_epoch * e}")
+    return "\n".join(lines) + "\n"
+
+
+def finish(plan, name, log, evaluate_s=None, finished_at="2026-01-01 00:00:00"):
+    run = next(r for r in plan["run"] if r["name"] == name)
+    res = study.results_dir(plan, run)
+    res.mkdir(parents=True, exist_ok=True)
+    (res / "train.log").write_text(log)
+    (res / "timing.json").write_text(json.dumps(
+        {"finished": True, "finished_at": finished_at,
+         **({"evaluate_s": evaluate_s} if evaluate_s is not None else {})}))
+    return run
+
+
+def test_cost_estimates_come_from_the_finished_runs_logs(plan, tmp_path):
+    runs = {r["name"]: r for r in plan["run"]}
+    assert study.estimate_seconds(plan, runs["adamw-seed1"]) is None  # nothing measured yet
+    # a SAM sweep run: 100 updates an epoch, 200 s of training (2 passes: 1 s a pass), 10 s else
+    finish(plan, "sweep/sam-rho0.1-seed1", timed_log(1, 100, 200, 10))
+    epochs = study.recipe.PRESETS["tiny"]["table"][("optimization", "max_epoch")]
+    eval_s = study.DEFAULT_EVAL_S
+    assert study.estimate_seconds(plan, runs["adamw-seed1"]) == pytest.approx(
+        study.SAFETY * (epochs * (100 * 1.0 + 10) + eval_s))
+    assert study.estimate_seconds(plan, runs["xsam-seed1"], 0.1) == pytest.approx(
+        study.SAFETY * (epochs * (200 + 10) + eval_s))
+    # a sweep run is not evaluated; --max-epoch 1
+    assert study.estimate_seconds(plan, runs["sweep/xsam-rho0.2-seed1"]) == pytest.approx(
+        study.SAFETY * 210)
+    # a finished adamw run is the better reference for adamw (the latest with the same passes),
+    # and its measured evaluation replaces the guess
+    finish(plan, "adamw-seed1", timed_log(2, 100, 50, 30), evaluate_s=123,
+           finished_at="2026-01-01 01:00:00")
+    assert study.estimate_seconds(plan, runs["adamw-seed2"]) == pytest.approx(
+        study.SAFETY * (epochs * 80 + 123))
+    assert study.estimate_seconds(plan, runs["xsam-seed1"], 0.1) == pytest.approx(
+        study.SAFETY * (epochs * 210 + 123))
+    # a started run with a checkpoint needs only its remaining epochs; one without a checkpoint
+    # (a new machine) starts over
+    work = study.work_dir(plan, runs["xsam-seed1"])
+    (work / "checkpoints").mkdir(parents=True)
+    (work / "train.log").write_text(timed_log(1, 100, 200, 10))
+    full = study.estimate_seconds(plan, runs["xsam-seed1"], 0.1)
+    (work / "checkpoints" / "checkpoint_last.pt").write_text("x")
+    assert study.estimate_seconds(plan, runs["xsam-seed1"], 0.1) == pytest.approx(
+        full - study.SAFETY * 210 * min(1, epochs))
+
+
+def test_until_starts_only_the_runs_that_finish_in_time(plan, monkeypatch, tmp_path, capsys):
+    calls = []
+    path = str(tmp_path / "plan.toml")
+    fake_stages(monkeypatch, plan, calls)
+    for name in ("sweep/sam-rho0.1-seed1", "sweep/sam-rho0.2-seed1", "sweep/xsam-rho0.1-seed1",
+                 "sweep/xsam-rho0.2-seed1"):
+        study.run_one(plan, next(r for r in plan["run"] if r["name"] == name),
+                      log=lambda *a: None)
+    # the measured cost: 1 s a pass, 1000 updates an epoch
+    finish(plan, "sweep/sam-rho0.1-seed1", timed_log(1, 1000, 2000, 0))
+    finish(plan, "sweep/xsam-rho0.1-seed1", timed_log(1, 1000, 2000, 0),
+           finished_at="2026-01-01 02:00:00")
+    runs = {r["name"]: r for r in plan["run"]}
+    adamw = study.estimate_seconds(plan, runs["adamw-seed1"])
+    xsam = study.estimate_seconds(plan, runs["xsam-seed1"], study.chosen_rho(plan, "xsam"))
+    assert xsam > adamw * 1.5
+    now = 1_800_000_000.0
+    monkeypatch.setattr(study.time, "time", lambda: now)
+    # room for one adamw run but not for an xsam run: the adamw runs go, xsam waits
+    assert study.run_pending(plan, until=now + (adamw + xsam) / 2, log=print) == 2
+    assert [n for kind, n, _ in calls if kind == "train"][-2:] == ["adamw-seed1", "adamw-seed2"]
+    assert not any(n.startswith("xsam") for kind, n, _ in calls[-4:])
+    out = capsys.readouterr().out
+    assert re.search(r"xsam-seed1: left for a later session: needs about \d+ min, \d+ min left",
+                     out)
+    assert study.fits(plan, runs["xsam-seed1"], now + xsam + 1, log=lambda *a: None)
+    assert not study.fits(plan, runs["xsam-seed1"], now + xsam - 1, log=lambda *a: None)
+    assert study.fits(plan, runs["xsam-seed1"], None)
+
+
+def test_until_is_a_time_in_the_future(capsys, tmp_path, plan):
+    now = time.mktime((2026, 12, 2, 11, 0, 0, 0, 0, -1))
+    assert study.parse_until("13:50", now) == now + (2 * 60 + 50) * 60
+    assert study.parse_until("10:30", now) == now + (23 * 60 + 30) * 60  # its next occurrence
+    assert study.parse_until("2026-12-03 09:00", now) == now + 22 * 3600
+    for bad in ("25:00", "soon", "2026-12-01 09:00"):
+        with pytest.raises(argparse.ArgumentTypeError, match="allowed: HH:MM"):
+            study.parse_until(bad, now)
+    with pytest.raises(SystemExit):
+        study.main(["run", "--plan", str(tmp_path / "plan.toml"), "--until", "soon"])
+    err = capsys.readouterr().err
+    assert "--until" in err and "allowed: HH:MM" in err

@@ -20,6 +20,7 @@ continues that sweep run's last checkpoint (:func:`sweep_prefix`).
 
     study.py status                 # done / pending, times, the chosen ρ
     study.py run [--max-runs N]     # the next pending runs (start it twice: two workers)
+    study.py run --until 13:50      # only the runs that finish before 13:50 (estimated)
     study.py report                 # RESULTS/report.md with scripts/compare_bleu.py
 """
 
@@ -232,6 +233,113 @@ def continue_sweep(plan: dict, run: dict, sweep: dict, log=print) -> bool:
     return True
 
 
+# -- what a run costs, so that a session starts only the runs it can finish ----------------
+# A machine may be new at every session (checkpoints gone), so a run that cannot finish before
+# the session ends is time lost. The estimate comes from the finished runs' own logs.
+SAFETY = 1.1          # the estimate is multiplied by this
+DEFAULT_EVAL_S = 900  # evaluation, until an evaluated run has measured it (timing evaluate_s)
+
+
+def passes(run: dict) -> int:
+    """Forward/backward passes per update: 1 for adamw, 1 + --ascent-steps for the others."""
+    if run["opt"] == "adamw":
+        return 1
+    _, extra = recipe.common.split_extra(run["args"])
+    steps = int(extra[extra.index("--ascent-steps") + 1]) if "--ascent-steps" in extra else 1
+    return 1 + steps
+
+
+def validated_epochs(folder: Path) -> int:
+    log = folder / "train.log"
+    if not log.is_file():
+        return 0
+    return len(compare_bleu.parse_train_log(log.read_text(encoding="utf-8",
+                                                          errors="replace"))["valid"])
+
+
+def run_cost(plan: dict, run: dict) -> Optional[dict]:
+    """A finished run's measured cost: seconds of training per pass per update (its median
+    epoch rate), updates and other seconds (validation, checkpoints, α search) per epoch, and
+    its evaluation seconds; None without the numbers."""
+    res = results_dir(plan, run)
+    text = (res / "train.log").read_text(encoding="utf-8", errors="replace")
+    t, epochs = recipe.common.log_timing(text), validated_epochs(res)
+    if not (t["updates_per_s"] and t["updates"] and t["wall_s"] and t["train_wall_s"]
+            and epochs):
+        return None
+    timing = json.loads((res / "timing.json").read_text())
+    return {"finished_at": timing.get("finished_at") or "",
+            "pass_s": 1.0 / t["updates_per_s"] / passes(run),
+            "updates_per_epoch": t["updates"] / epochs,
+            "other_s_per_epoch": max(0.0, t["wall_s"] - t["train_wall_s"]) / epochs,
+            "evaluate_s": timing.get("evaluate_s") if run["evaluate"] else None}
+
+
+def estimate_seconds(plan: dict, run: dict, rho=None) -> Optional[float]:
+    """Seconds this run still needs here (training of the epochs not yet checkpointed, then
+    evaluation), from the latest finished run with the same passes per update (else the latest
+    finished run, scaled by passes), times :data:`SAFETY`; None before any run has finished."""
+    costs = [(c["finished_at"], passes(r), c) for r in plan["run"] if is_done(plan, r)
+             for c in [run_cost(plan, r)] if c is not None]
+    if not costs:
+        return None
+    same = [x for x in costs if x[1] == passes(run)]
+    ref = max(same or costs, key=lambda x: x[0])[2]
+    work, total = work_dir(plan, run), _max_epoch(plan, run["args"]) or 0
+    done = validated_epochs(work) if (work / "checkpoints" / "checkpoint_last.pt").is_file() \
+        else 0
+    sweep = sweep_prefix(plan, run, rho) if not done else None
+    if sweep is not None:
+        done = _max_epoch(plan, sweep["args"]) or 0
+    epoch_s = (ref["updates_per_epoch"] * ref["pass_s"] * passes(run)
+               + ref["other_s_per_epoch"])
+    seconds = max(0, total - done) * epoch_s
+    if run["evaluate"] and not (work / "eval" / "bleu.json").is_file():
+        measured = [c["evaluate_s"] for _, _, c in costs if c["evaluate_s"]]
+        seconds += max(measured) if measured else DEFAULT_EVAL_S
+    return SAFETY * seconds
+
+
+def parse_until(text: str, now: Optional[float] = None) -> float:
+    """--until: 'HH:MM' (its next occurrence) or 'YYYY-MM-DD HH:MM', local time -> epoch
+    seconds (argparse type)."""
+    now = time.time() if now is None else now
+    allowed = "(allowed: HH:MM or 'YYYY-MM-DD HH:MM', local time, in the future)"
+    for fmt in ("%Y-%m-%d %H:%M", "%H:%M"):
+        try:
+            parsed = time.strptime(text.strip(), fmt)
+        except ValueError:
+            continue
+        if fmt == "%H:%M":
+            day = time.localtime(now)
+            stamp = time.mktime((day.tm_year, day.tm_mon, day.tm_mday, parsed.tm_hour,
+                                 parsed.tm_min, 0, 0, 0, -1))
+            if stamp <= now:
+                stamp += 24 * 3600
+        else:
+            stamp = time.mktime(parsed)
+        if stamp <= now:
+            raise argparse.ArgumentTypeError(f"{text!r} is in the past {allowed}")
+        return stamp
+    raise argparse.ArgumentTypeError(f"{text!r} {allowed}")
+
+
+def fits(plan: dict, run: dict, until: Optional[float], log=print) -> bool:
+    """Whether ``run`` can finish before ``until`` (always, without a deadline)."""
+    if until is None:
+        return True
+    rho = chosen_rho(plan, run["opt"]) if run["rho"] == "sweep" else run["rho"]
+    need, left = estimate_seconds(plan, run, rho), until - time.time()
+    if need is None:
+        log(f"study: {run['name']}: no finished run to estimate its cost from; starts anyway")
+        return True
+    if need <= left:
+        return True
+    log(f"study: {run['name']}: left for a later session: needs about {need / 60:.0f} min, "
+        f"{max(0.0, left) / 60:.0f} min left before --until")
+    return False
+
+
 def run_one(plan: dict, run: dict, log=print) -> bool:
     """Runs one planned run to the end; False if it has to wait for the sweep."""
     rho = run["rho"]
@@ -293,7 +401,8 @@ def status_lines(plan: dict) -> List[str]:
             valid = compare_bleu.parse_train_log((work / "train.log").read_text(
                 encoding="utf-8", errors="replace"))["valid"]
             out.append(f"started  {run['name']}: {len(valid)} epoch(s) validated "
-                       f"({work.relative_to(ROOT) if work.is_relative_to(ROOT) else work})")
+                       f"({work.relative_to(ROOT) if work.is_relative_to(ROOT) else work})"
+                       + _about(plan, run))
         else:
             rho = run["rho"]
             if rho == "sweep":
@@ -303,8 +412,15 @@ def status_lines(plan: dict) -> List[str]:
                        + (f", rho {rho}" if rho is not None else "")
                        + (f", probe-rho {run['probe_ratio']:g} x rho" if run.get("probe_ratio")
                           else "")
-                       + (f", {' '.join(run['args'])}" if run["args"] else ""))
+                       + (f", {' '.join(run['args'])}" if run["args"] else "")
+                       + _about(plan, run))
     return out
+
+
+def _about(plan: dict, run: dict) -> str:
+    rho = chosen_rho(plan, run["opt"]) if run["rho"] == "sweep" else run["rho"]
+    need = estimate_seconds(plan, run, rho)
+    return f"; about {need / 60:.0f} min left to run" if need is not None else ""
 
 
 def report(plan: dict) -> Path:
@@ -398,17 +514,24 @@ def claimed_elsewhere(plan: dict, run: dict) -> bool:
 
 
 def run_pending(plan: dict, only: Optional[str] = None, max_runs: Optional[int] = None,
-                log=print) -> int:
+                log=print, until: Optional[float] = None) -> int:
     """Runs the pending runs in plan order, each claimed first (another worker may hold it).
     After each finished run it starts again from the top (a finished sweep frees the runs that
     waited for it). When nothing is left to run here but another worker still holds a sweep run,
-    this one waits for it when a pending run needs that sweep run. Returns the runs finished."""
+    this one waits for it when a pending run needs that sweep run. With ``until`` (epoch
+    seconds) a run is started only if :func:`estimate_seconds` says that it finishes before
+    then; the others are left for a later session. Returns the runs finished."""
     count = 0
     while max_runs is None or count < max_runs:
         finished = blocked = False
         for run in plan["run"]:
             if is_done(plan, run) or (only and not fnmatch.fnmatch(run["name"], only)):
                 continue
+            if claimed_elsewhere(plan, run):
+                continue
+            if run["rho"] != "sweep" or chosen_rho(plan, run["opt"]) is not None:
+                if not fits(plan, run, until, log):
+                    continue
             with claim(plan, run["name"]) as mine:
                 if not mine:  # another worker runs it
                     continue
@@ -442,6 +565,10 @@ def main(argv=None) -> int:
                    "default: the preset's folder under data-bin/)")
     p.add_argument("--only", metavar="GLOB", help="run: only runs whose name matches, e.g. "
                    "'sweep/*'")
+    p.add_argument("--until", metavar="TIME", type=parse_until,
+                   help="run: start only the runs that finish before TIME ('HH:MM' or "
+                   "'YYYY-MM-DD HH:MM', local time), estimated from the finished runs' logs: "
+                   "set it to the session's end when checkpoints do not outlive the session")
     args = p.parse_args(argv)
     try:
         plan = load_plan(args.plan)
@@ -461,7 +588,7 @@ def main(argv=None) -> int:
     os.environ["MKL_NUM_THREADS"] = str(plan["threads"])
     with claim(plan, "prepare", wait=True):
         prepare_data(plan)
-    count = run_pending(plan, args.only, args.max_runs)
+    count = run_pending(plan, args.only, args.max_runs, until=args.until)
     print(f"study: {count} run(s) finished in this session")
     print("\n".join(status_lines(plan)))
     return 0
