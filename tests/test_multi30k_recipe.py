@@ -550,7 +550,7 @@ def test_cost_estimates_come_from_the_finished_runs_logs(plan, tmp_path):
     eval_s = study.DEFAULT_EVAL_S
     assert study.estimate_seconds(plan, runs["adamw-seed1"]) == pytest.approx(
         study.SAFETY * (epochs * (100 * 1.0 + 10) + eval_s))
-    assert study.estimate_seconds(plan, runs["xsam-seed1"], 0.1) == pytest.approx(
+    assert study.estimate_seconds(plan, runs["xsam-seed1"]) == pytest.approx(
         study.SAFETY * (epochs * (200 + 10) + eval_s))
     # a sweep run is not evaluated; --max-epoch 1
     assert study.estimate_seconds(plan, runs["sweep/xsam-rho0.2-seed1"]) == pytest.approx(
@@ -561,16 +561,16 @@ def test_cost_estimates_come_from_the_finished_runs_logs(plan, tmp_path):
            finished_at="2026-01-01 01:00:00")
     assert study.estimate_seconds(plan, runs["adamw-seed2"]) == pytest.approx(
         study.SAFETY * (epochs * 80 + 123))
-    assert study.estimate_seconds(plan, runs["xsam-seed1"], 0.1) == pytest.approx(
+    assert study.estimate_seconds(plan, runs["xsam-seed1"]) == pytest.approx(
         study.SAFETY * (epochs * 210 + 123))
     # a started run with a checkpoint needs only its remaining epochs; one without a checkpoint
     # (a new machine) starts over
     work = study.work_dir(plan, runs["xsam-seed1"])
     (work / "checkpoints").mkdir(parents=True)
     (work / "train.log").write_text(timed_log(1, 100, 200, 10))
-    full = study.estimate_seconds(plan, runs["xsam-seed1"], 0.1)
+    full = study.estimate_seconds(plan, runs["xsam-seed1"])
     (work / "checkpoints" / "checkpoint_last.pt").write_text("x")
-    assert study.estimate_seconds(plan, runs["xsam-seed1"], 0.1) == pytest.approx(
+    assert study.estimate_seconds(plan, runs["xsam-seed1"]) == pytest.approx(
         full - study.SAFETY * 210 * min(1, epochs))
 
 
@@ -588,7 +588,7 @@ def test_until_starts_only_the_runs_that_finish_in_time(plan, monkeypatch, tmp_p
            finished_at="2026-01-01 02:00:00")
     runs = {r["name"]: r for r in plan["run"]}
     adamw = study.estimate_seconds(plan, runs["adamw-seed1"])
-    xsam = study.estimate_seconds(plan, runs["xsam-seed1"], study.chosen_rho(plan, "xsam"))
+    xsam = study.estimate_seconds(plan, runs["xsam-seed1"])
     assert xsam > adamw * 1.5
     now = 1_800_000_000.0
     monkeypatch.setattr(study.time, "time", lambda: now)

@@ -144,6 +144,11 @@ def chosen_rho(plan: dict, opt: str) -> Optional[float]:
     return min(scored)[1]
 
 
+def resolved_rho(plan: dict, run: dict) -> Optional[float]:
+    """The run's ρ: its own, or for ``rho = "sweep"`` the chosen one (None until then)."""
+    return chosen_rho(plan, run["opt"]) if run["rho"] == "sweep" else run["rho"]
+
+
 def train_argv(plan: dict, run: dict, rho: Optional[float]) -> List[str]:
     own, extra = recipe.common.split_extra(run["args"])
     argv = [run["opt"], str(run["seed"]), "--preset", plan["preset"], "--runs",
@@ -275,7 +280,7 @@ def run_cost(plan: dict, run: dict) -> Optional[dict]:
             "evaluate_s": timing.get("evaluate_s") if run["evaluate"] else None}
 
 
-def estimate_seconds(plan: dict, run: dict, rho=None) -> Optional[float]:
+def estimate_seconds(plan: dict, run: dict) -> Optional[float]:
     """Seconds this run still needs here (training of the epochs not yet checkpointed, then
     evaluation), from the latest finished run with the same passes per update (else the latest
     finished run, scaled by passes), times :data:`SAFETY`; None before any run has finished."""
@@ -288,7 +293,7 @@ def estimate_seconds(plan: dict, run: dict, rho=None) -> Optional[float]:
     work, total = work_dir(plan, run), _max_epoch(plan, run["args"]) or 0
     done = validated_epochs(work) if (work / "checkpoints" / "checkpoint_last.pt").is_file() \
         else 0
-    sweep = sweep_prefix(plan, run, rho) if not done else None
+    sweep = sweep_prefix(plan, run, resolved_rho(plan, run)) if not done else None
     if sweep is not None:
         done = _max_epoch(plan, sweep["args"]) or 0
     epoch_s = (ref["updates_per_epoch"] * ref["pass_s"] * passes(run)
@@ -328,8 +333,7 @@ def fits(plan: dict, run: dict, until: Optional[float], log=print) -> bool:
     """Whether ``run`` can finish before ``until`` (always, without a deadline)."""
     if until is None:
         return True
-    rho = chosen_rho(plan, run["opt"]) if run["rho"] == "sweep" else run["rho"]
-    need, left = estimate_seconds(plan, run, rho), until - time.time()
+    need, left = estimate_seconds(plan, run), until - time.time()
     if need is None:
         log(f"study: {run['name']}: no finished run to estimate its cost from; starts anyway")
         return True
@@ -342,12 +346,10 @@ def fits(plan: dict, run: dict, until: Optional[float], log=print) -> bool:
 
 def run_one(plan: dict, run: dict, log=print) -> bool:
     """Runs one planned run to the end; False if it has to wait for the sweep."""
-    rho = run["rho"]
-    if rho == "sweep":
-        rho = chosen_rho(plan, run["opt"])
-        if rho is None:
-            log(f"study: {run['name']}: waits for the sweep of {run['opt']}")
-            return False
+    rho = resolved_rho(plan, run)
+    if run["rho"] == "sweep" and rho is None:
+        log(f"study: {run['name']}: waits for the sweep of {run['opt']}")
+        return False
     work = work_dir(plan, run)
     sweep = sweep_prefix(plan, run, rho)
     if sweep is not None:
@@ -398,9 +400,7 @@ def status_lines(plan: dict) -> List[str]:
                        f"{best_valid_loss(res)}"
                        + (f", {first[0]} sacreBLEU {first[1]['sacrebleu']}" if first else ""))
         elif (work / "train.log").is_file():
-            valid = compare_bleu.parse_train_log((work / "train.log").read_text(
-                encoding="utf-8", errors="replace"))["valid"]
-            out.append(f"started  {run['name']}: {len(valid)} epoch(s) validated "
+            out.append(f"started  {run['name']}: {validated_epochs(work)} epoch(s) validated "
                        f"({work.relative_to(ROOT) if work.is_relative_to(ROOT) else work})"
                        + _about(plan, run))
         else:
@@ -418,8 +418,7 @@ def status_lines(plan: dict) -> List[str]:
 
 
 def _about(plan: dict, run: dict) -> str:
-    rho = chosen_rho(plan, run["opt"]) if run["rho"] == "sweep" else run["rho"]
-    need = estimate_seconds(plan, run, rho)
+    need = estimate_seconds(plan, run)
     return f"; about {need / 60:.0f} min left to run" if need is not None else ""
 
 
@@ -529,9 +528,9 @@ def run_pending(plan: dict, only: Optional[str] = None, max_runs: Optional[int] 
                 continue
             if claimed_elsewhere(plan, run):
                 continue
-            if run["rho"] != "sweep" or chosen_rho(plan, run["opt"]) is not None:
-                if not fits(plan, run, until, log):
-                    continue
+            ready = run["rho"] != "sweep" or resolved_rho(plan, run) is not None
+            if ready and not fits(plan, run, until, log):
+                continue
             with claim(plan, run["name"]) as mine:
                 if not mine:  # another worker runs it
                     continue
