@@ -604,6 +604,30 @@ def test_until_starts_only_the_runs_that_finish_in_time(plan, monkeypatch, tmp_p
     assert study.fits(plan, runs["xsam-seed1"], None)
 
 
+def test_a_run_carried_over_from_an_earlier_session_goes_before_new_ones(plan, monkeypatch,
+                                                                         tmp_path):
+    calls = []
+    fake_stages(monkeypatch, plan, calls)
+    path = str(tmp_path / "plan.toml")
+    assert study.main(["run", "--plan", path, "--only", "sweep/*"]) == 0
+    runs = {r["name"]: r for r in plan["run"]}
+    order = [r["name"] for r in plan["run"] if not r["sweep"]]
+    assert order[0] == "adamw-seed1" and order[-1] == "xsam_probe1-seed1"
+    # the last run of the plan began in an earlier session whose machine kept its checkpoint;
+    # one without a checkpoint (a log alone: the machine lost it) keeps its place
+    for name, checkpoint in (("xsam_probe1-seed1", True), ("xsam-seed2", False)):
+        work = study.work_dir(plan, runs[name])
+        (work / "checkpoints").mkdir(parents=True)
+        (work / "train.log").write_text(valid_log([5.0]))
+        if checkpoint:
+            (work / "checkpoints" / "checkpoint_last.pt").write_text("x")
+    assert [n for n in order if study.started(plan, runs[n])] == ["xsam_probe1-seed1"]
+    calls.clear()
+    assert study.main(["run", "--plan", path, "--max-runs", "2"]) == 0
+    assert [n for kind, n, _ in calls if kind == "train"] == ["xsam_probe1-seed1",
+                                                              "adamw-seed1"]
+
+
 def test_until_is_a_time_in_the_future(capsys, tmp_path, plan):
     now = time.mktime((2026, 12, 2, 11, 0, 0, 0, 0, -1))
     assert study.parse_until("13:50", now) == now + (2 * 60 + 50) * 60

@@ -262,6 +262,12 @@ def validated_epochs(folder: Path) -> int:
                                                           errors="replace"))["valid"])
 
 
+def started(plan: dict, run: dict) -> bool:
+    """The run has a checkpoint here to resume from (it began in this or an earlier session
+    whose machine kept ``RUNS``)."""
+    return (work_dir(plan, run) / "checkpoints" / "checkpoint_last.pt").is_file()
+
+
 def run_cost(plan: dict, run: dict) -> Optional[dict]:
     """A finished run's measured cost: seconds of training per pass per update (its median
     epoch rate), updates and other seconds (validation, checkpoints, α search) per epoch, and
@@ -291,8 +297,7 @@ def estimate_seconds(plan: dict, run: dict) -> Optional[float]:
     same = [x for x in costs if x[1] == passes(run)]
     ref = max(same or costs, key=lambda x: x[0])[2]
     work, total = work_dir(plan, run), _max_epoch(plan, run["args"]) or 0
-    done = validated_epochs(work) if (work / "checkpoints" / "checkpoint_last.pt").is_file() \
-        else 0
+    done = validated_epochs(work) if started(plan, run) else 0
     sweep = sweep_prefix(plan, run, resolved_rho(plan, run)) if not done else None
     if sweep is not None:
         done = _max_epoch(plan, sweep["args"]) or 0
@@ -514,16 +519,18 @@ def claimed_elsewhere(plan: dict, run: dict) -> bool:
 
 def run_pending(plan: dict, only: Optional[str] = None, max_runs: Optional[int] = None,
                 log=print, until: Optional[float] = None) -> int:
-    """Runs the pending runs in plan order, each claimed first (another worker may hold it).
-    After each finished run it starts again from the top (a finished sweep frees the runs that
-    waited for it). When nothing is left to run here but another worker still holds a sweep run,
-    this one waits for it when a pending run needs that sweep run. With ``until`` (epoch
-    seconds) a run is started only if :func:`estimate_seconds` says that it finishes before
-    then; the others are left for a later session. Returns the runs finished."""
+    """Runs the pending runs in plan order, except that runs already started (a checkpoint to
+    resume from) go first, so that a run carried over from an earlier session is not left
+    behind new ones; each is claimed first (another worker may hold it). After each finished
+    run it starts again from the top (a finished sweep frees the runs that waited for it).
+    When nothing is left to run here but another worker still holds a sweep run, this one
+    waits for it when a pending run needs that sweep run. With ``until`` (epoch seconds) a run
+    is started only if :func:`estimate_seconds` says that it finishes before then; the others
+    are left for a later session. Returns the runs finished."""
     count = 0
     while max_runs is None or count < max_runs:
         finished = blocked = False
-        for run in plan["run"]:
+        for run in sorted(plan["run"], key=lambda r: not started(plan, r)):  # stable
             if is_done(plan, run) or (only and not fnmatch.fnmatch(run["name"], only)):
                 continue
             if claimed_elsewhere(plan, run):
