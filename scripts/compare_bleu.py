@@ -501,13 +501,25 @@ def sweep_rows(sweep: List[dict]) -> List[dict]:
 
 
 def cost_rows(groups: Dict[str, List[dict]]) -> List[tuple]:
+    """(label, runs, wall-clock minutes, updates/s, updates) per optimizer; runs whose
+    timing.json records a number of threads per process (``threads``) other than the rest of
+    their optimizer's get a row of their own, "label (N threads)", so that speeds measured
+    under different conditions are not averaged (runs without the record share the plain row)."""
     rows = []
     for lab, runs in groups.items():
-        t = [r["timing"] for r in runs if r["timing"]]
-        wall = [x["wall_s"] / 60 for x in t if x.get("wall_s")]
-        ups = [x["updates_per_s"] for x in t if x.get("updates_per_s")]
-        updates = sorted({x["updates"] for x in t if x.get("updates")})
-        rows.append((lab, len(t), wall, ups, updates))
+        by_threads: Dict[Optional[int], List[dict]] = {}
+        for r in runs:
+            if r["timing"]:
+                by_threads.setdefault(r["timing"].get("threads"), []).append(r["timing"])
+        for threads in sorted(by_threads, key=lambda k: (k is not None, k or 0)):
+            t = by_threads[threads]
+            name = lab if threads is None or len(by_threads) == 1 else f"{lab} ({threads} threads)"
+            wall = [x["wall_s"] / 60 for x in t if x.get("wall_s")]
+            ups = [x["updates_per_s"] for x in t if x.get("updates_per_s")]
+            updates = sorted({x["updates"] for x in t if x.get("updates")})
+            rows.append((name, len(t), wall, ups, updates))
+        if not by_threads:
+            rows.append((lab, 0, [], [], []))
     return rows
 
 
@@ -570,7 +582,9 @@ def report_multi(runs: List[dict], out: Path, title: str, note: Optional[str],
                   "validation and any time the machine was paused or shared) and updates per "
                   "second of training (per run the median over epochs of the epoch's updates "
                   "over its `train_wall`, so that an epoch in which the machine stalled does not "
-                  "count), mean ± sample std over runs, on the machine that ran them.", "",
+                  "count), mean ± sample std over runs, on the machine that ran them; a run "
+                  "finished with another number of threads per process than the rest of its "
+                  "optimizer's has a row of its own.", "",
                   "| optimizer | runs | wall-clock (min) | updates | updates/s | time per update "
                   "/ adamw |", "|---|---|---|---|---|---|"]
         for lab, n, wall, ups, updates in cost:

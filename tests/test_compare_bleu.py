@@ -318,3 +318,18 @@ def compare_bleu_module():
     finally:
         sys.path.pop(0)
     return compare_bleu
+
+
+def test_cost_rows_keep_runs_of_another_thread_count_apart():
+    cost_rows = compare_bleu_module().cost_rows
+    timing = lambda ups, threads=None: {"timing": {"wall_s": 600, "updates": 100,  # noqa: E731
+                                                   "updates_per_s": ups,
+                                                   **({"threads": threads} if threads else {})}}
+    groups = {"adamw": [timing(1.5), timing(1.7), timing(3.0, threads=2)],
+              "sam": [timing(0.8, threads=1), timing(0.9, threads=1)], "xsam": [{"timing": None}]}
+    rows = {r[0]: r for r in cost_rows(groups)}
+    assert list(rows) == ["adamw", "adamw (2 threads)", "sam", "xsam"]
+    assert rows["adamw"][1:4] == (2, [10.0, 10.0], [1.5, 1.7])
+    assert rows["adamw (2 threads)"][1:4] == (1, [10.0], [3.0])
+    assert rows["sam"][1:4] == (2, [10.0, 10.0], [0.8, 0.9])  # one thread count: one plain row
+    assert rows["xsam"][1:] == (0, [], [], [])

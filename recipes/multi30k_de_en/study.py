@@ -362,7 +362,8 @@ def run_one(plan: dict, run: dict, log=print) -> bool:
     argv = train_argv(plan, run, rho)
     log(f"study: {run['name']}: train.sh {' '.join(argv)}")
     recipe.train_main(argv)
-    extra = {"study_started_evaluation": time.strftime("%Y-%m-%d %H:%M:%S")}
+    extra = {"study_started_evaluation": time.strftime("%Y-%m-%d %H:%M:%S"),
+             "threads": int(plan["threads"])}  # of the process that finished it
     if run["evaluate"]:
         start = time.time()
         eval_argv = [str(work), "--preset", plan["preset"], "--quiet",
