@@ -20,7 +20,8 @@ Outputs in ``--out DIR``:
   are any).
 - with several test sets, also: a column per test set (mean ± sample std over seeds, n); the
   paired bootstrap test of sacreBLEU (``sacrebleu.significance.PairedTest``, the implementation
-  of ``sacrebleu --paired-bs``) of xsam vs sam and xsam vs adamw per seed and test set; the cost
+  of ``sacrebleu --paired-bs``) of xsam vs sam, xsam vs adamw and each XSAM variant (a label
+  ``xsam_<name>``) vs xsam, per seed and test set; the cost
   (wall-clock, updates/s) per optimizer; ``--sweep RUN...``: the ρ sweep (best validation loss
   per run).
 
@@ -362,6 +363,13 @@ MULTI_SCORING = ("sacreBLEU scores the detokenized (SentencePiece-decoded) hypot
 PAIRS = (("xsam", "sam"), ("xsam", "adamw"))
 
 
+def pairs(labels) -> List[tuple]:
+    """PAIRS, then each variant of XSAM (a label ``xsam_<name>``, e.g. issue 14's ``xsam_auto``)
+    against default XSAM."""
+    variants = sorted(lab for lab in labels if lab.startswith("xsam_"))
+    return list(PAIRS) + [(lab, "xsam") for lab in variants]
+
+
 def test_sets(runs: List[dict]) -> List[str]:
     names: List[str] = []
     for r in runs:
@@ -429,14 +437,14 @@ def read_hypotheses(run: dict, name: str) -> List[str]:
 
 def significance(runs: List[dict], refs_dir: Optional[Path], samples: int = 1000) -> List[dict]:
     """sacreBLEU's paired bootstrap (``PairedTest(test_type="bs")``, what ``sacrebleu
-    --paired-bs`` runs; seed SACREBLEU_SEED, default 12345) of each pair in PAIRS, per seed
+    --paired-bs`` runs; seed SACREBLEU_SEED, default 12345) of each pair of ``pairs``, per seed
     both optimizers have and per test set."""
     from sacrebleu.metrics import BLEU
     from sacrebleu.significance import PairedTest
 
     by = {(r["label"], r["seed"]): r for r in runs if r["scores"]}
     rows = []
-    for system, baseline in PAIRS:
+    for system, baseline in pairs({lab for lab, _ in by}):
         seeds = sorted({s for (lab, s) in by if lab == system} & {s for (lab, s) in by
                                                                   if lab == baseline}, key=int)
         for seed in seeds:

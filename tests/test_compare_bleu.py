@@ -311,6 +311,36 @@ def test_edge_pinned_searches_cost_and_rescore(multi):
     assert "xsam-seed1 test2016_flickr" in bad.stdout and "DIFFERENT" in bad.stdout
 
 
+def test_an_xsam_variant_is_tested_against_default_xsam(multi, tmp_path):
+    """A run labelled xsam_<name> (issue 14's variants) gets its own paired test against xsam,
+    seed by seed; its Δ is sacreBLEU's corpus score difference of the two hypothesis files."""
+    import shutil
+
+    import sacrebleu
+
+    runs, refs, _, root = multi
+    variant = tmp_path / "xsam_auto-seed1"
+    shutil.copytree(root / "xsam-seed1", variant)
+    shutil.copytree(root / "sam-seed1" / "eval", variant / "eval", dirs_exist_ok=True)
+    result = run_script(*runs, variant, "--out", tmp_path / "out", "--refs", refs,
+                        "--bootstrap", "100")
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = (tmp_path / "out" / "report.md").read_text()
+    rows = [l.strip("|").split("|") for l in text.splitlines()
+            if l.startswith("| xsam_auto vs xsam |")]
+    assert [r[1].strip() for r in rows] == ["1", "1"]  # seed 1 only, both test sets
+    for r in rows:
+        name = r[2].strip()
+        stem = name.replace("test2016", "test_2016").replace("test2017", "test_2017")
+        ref = (refs / f"{stem}.en").read_text().splitlines()
+        score = lambda run: sacrebleu.corpus_bleu(  # noqa: E731
+            (run / "eval" / f"{name}.hyp.en").read_text().splitlines(), [ref]).score
+        assert float(r[5]) == pytest.approx(score(root / "sam-seed1") - score(root / "xsam-seed1"),
+                                            abs=0.006)
+    assert compare_bleu_module().pairs({"sam", "xsam", "xsam_probe1", "xsam_auto"})[2:] == \
+        [("xsam_auto", "xsam"), ("xsam_probe1", "xsam")]
+
+
 def compare_bleu_module():
     sys.path.insert(0, str(ROOT / "scripts"))
     try:
