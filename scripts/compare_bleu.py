@@ -521,7 +521,7 @@ def cost_rows(groups: Dict[str, List[dict]]) -> List[tuple]:
                 by_threads.setdefault(r["timing"].get("threads"), []).append(r["timing"])
         for threads in sorted(by_threads, key=lambda k: (k is not None, k or 0)):
             t = by_threads[threads]
-            name = lab if threads is None or len(by_threads) == 1 else f"{lab} ({threads} threads)"
+            name = lab if threads is None or len(by_threads) == 1 else f"{lab} ({threads} thread{'' if threads == 1 else 's'})"
             wall = [x["wall_s"] / 60 for x in t if x.get("wall_s")]
             ups = [x["updates_per_s"] for x in t if x.get("updates_per_s")]
             updates = sorted({x["updates"] for x in t if x.get("updates")})

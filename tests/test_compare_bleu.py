@@ -356,10 +356,12 @@ def test_cost_rows_keep_runs_of_another_thread_count_apart():
                                                    "updates_per_s": ups,
                                                    **({"threads": threads} if threads else {})}}
     groups = {"adamw": [timing(1.5), timing(1.7), timing(3.0, threads=2)],
-              "sam": [timing(0.8, threads=1), timing(0.9, threads=1)], "xsam": [{"timing": None}]}
+              "sam": [timing(0.8, threads=1), timing(0.9, threads=1)], "xsam": [{"timing": None}],
+              "fixed": [timing(0.7), timing(0.8, threads=1)]}
     rows = {r[0]: r for r in cost_rows(groups)}
-    assert list(rows) == ["adamw", "adamw (2 threads)", "sam", "xsam"]
+    assert list(rows) == ["adamw", "adamw (2 threads)", "sam", "xsam", "fixed", "fixed (1 thread)"]
     assert rows["adamw"][1:4] == (2, [10.0, 10.0], [1.5, 1.7])
     assert rows["adamw (2 threads)"][1:4] == (1, [10.0], [3.0])
     assert rows["sam"][1:4] == (2, [10.0, 10.0], [0.8, 0.9])  # one thread count: one plain row
     assert rows["xsam"][1:] == (0, [], [], [])
+    assert rows["fixed (1 thread)"][1:4] == (1, [10.0], [0.8])
