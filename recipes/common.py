@@ -267,11 +267,15 @@ def median_rate(log_text: str) -> Optional[float]:
 def log_timing(log_text: str) -> Dict[str, Optional[float]]:
     """A run's cost read from its train.log alone (the same whenever and by whom it was read):
     updates, wall-clock of every fairseq process that wrote the log (:func:`session_walls`),
-    training seconds (:func:`training_seconds`) and updates/s (:func:`median_rate`)."""
+    training seconds (:func:`training_seconds`), updates/s (:func:`median_rate`) and the day of
+    its last line (``day``, YYYY-MM-DD: every session runs on a machine of its own)."""
     stats, walls = last_train_stats(log_text), session_walls(log_text)
+    last = next((m.group(1) for m in map(STAMP_RE.match, reversed(log_text.splitlines())) if m),
+                None)
     return {"updates": int(stats["num_updates"]) if "num_updates" in stats else None,
             "wall_s": sum(walls) if walls else None, "processes": len(walls) or None,
-            "train_wall_s": training_seconds(log_text), "updates_per_s": median_rate(log_text)}
+            "train_wall_s": training_seconds(log_text), "updates_per_s": median_rate(log_text),
+            "day": last[:10] if last else None}
 
 
 #: the first line of every fairseq-train process: its configuration

@@ -509,25 +509,36 @@ def sweep_rows(sweep: List[dict]) -> List[dict]:
 
 
 def cost_rows(groups: Dict[str, List[dict]]) -> List[tuple]:
-    """(label, runs, wall-clock minutes, updates/s, updates) per optimizer; runs whose
-    timing.json records a number of threads per process (``threads``) other than the rest of
-    their optimizer's get a row of their own, "label (N threads)", so that speeds measured
-    under different conditions are not averaged (runs without the record share the plain row)."""
+    """(label, runs, wall-clock minutes, updates/s, updates, day) per optimizer. Speeds measured
+    under different conditions are not averaged: runs whose timing.json records a number of
+    threads per process (``threads``) other than the rest of their optimizer's, or that
+    finished on another day (``day``: every session runs on a machine of its own), get a row of
+    their own, "label (N threads)", "label (YYYY-MM-DD)" or both (runs without the thread
+    record share the plain row). ``day`` is the row's day, None where its runs do not say."""
     rows = []
     for lab, runs in groups.items():
-        by_threads: Dict[Optional[int], List[dict]] = {}
+        by_key: Dict[tuple, List[dict]] = {}
         for r in runs:
             if r["timing"]:
-                by_threads.setdefault(r["timing"].get("threads"), []).append(r["timing"])
-        for threads in sorted(by_threads, key=lambda k: (k is not None, k or 0)):
-            t = by_threads[threads]
-            name = lab if threads is None or len(by_threads) == 1 else f"{lab} ({threads} thread{'' if threads == 1 else 's'})"
+                t = r["timing"]
+                by_key.setdefault((t.get("threads"), t.get("day")), []).append(t)
+        threads_differ = len({k[0] for k in by_key}) > 1
+        days_differ = len({k[1] for k in by_key}) > 1
+        for key in sorted(by_key, key=lambda k: (k[1] or "", k[0] is not None, k[0] or 0)):
+            threads, day = key
+            t = by_key[key]
+            parts = []
+            if threads_differ and threads is not None:
+                parts.append(f"{threads} thread{'' if threads == 1 else 's'}")
+            if days_differ and day:
+                parts.append(day)
+            name = f"{lab} ({', '.join(parts)})" if parts else lab
             wall = [x["wall_s"] / 60 for x in t if x.get("wall_s")]
             ups = [x["updates_per_s"] for x in t if x.get("updates_per_s")]
             updates = sorted({x["updates"] for x in t if x.get("updates")})
-            rows.append((name, len(t), wall, ups, updates))
-        if not by_threads:
-            rows.append((lab, 0, [], [], []))
+            rows.append((name, len(t), wall, ups, updates, day))
+        if not by_key:
+            rows.append((lab, 0, [], [], [], None))
     return rows
 
 
@@ -584,7 +595,11 @@ def report_multi(runs: List[dict], out: Path, title: str, note: Optional[str],
         lines.append("")
     cost = cost_rows(groups)
     if any(c[1] for c in cost):
-        base = next((statistics.mean(c[3]) for c in cost if c[0] == "adamw" and c[3]), None)
+        # the AdamW speed of each day (its first row of that day: the plain one if there is one)
+        base: Dict[Optional[str], float] = {}
+        for c in cost:
+            if c[0].split(" (")[0] == "adamw" and c[3]:
+                base.setdefault(c[5], statistics.mean(c[3]))
         lines += ["## Cost", "", "Wall-clock of the training (every fairseq process that wrote "
                   "the run's train.log, from its first to its last line; minutes; it includes "
                   "validation and any time the machine was paused or shared) and updates per "
@@ -592,11 +607,14 @@ def report_multi(runs: List[dict], out: Path, title: str, note: Optional[str],
                   "over its `train_wall`, so that an epoch in which the machine stalled does not "
                   "count), mean ± sample std over runs, on the machine that ran them; a run "
                   "finished with another number of threads per process than the rest of its "
-                  "optimizer's has a row of its own.", "",
+                  "optimizer's, or on another day (every session runs on a machine of its own, "
+                  "and their speeds differ), has a row of its own. Time per update / adamw "
+                  "divides by the AdamW speed of the same day ('–' where no AdamW run finished "
+                  "that day).", "",
                   "| optimizer | runs | wall-clock (min) | updates | updates/s | time per update "
                   "/ adamw |", "|---|---|---|---|---|---|"]
-        for lab, n, wall, ups, updates in cost:
-            rel = f"{base / statistics.mean(ups):.2f}" if base and ups else "–"
+        for lab, n, wall, ups, updates, day in cost:
+            rel = f"{base[day] / statistics.mean(ups):.2f}" if day in base and ups else "–"
             lines.append(f"| {lab} | {n} | {fmt(*mean_std(wall)[:2], digits=1)} | "
                          f"{', '.join(map(str, updates)) or '–'} | "
                          f"{fmt(*mean_std(ups)[:2], digits=2)} | {rel} |")

@@ -350,18 +350,47 @@ def compare_bleu_module():
     return compare_bleu
 
 
-def test_cost_rows_keep_runs_of_another_thread_count_apart():
+def test_cost_rows_keep_runs_of_another_thread_count_or_day_apart():
     cost_rows = compare_bleu_module().cost_rows
-    timing = lambda ups, threads=None: {"timing": {"wall_s": 600, "updates": 100,  # noqa: E731
-                                                   "updates_per_s": ups,
-                                                   **({"threads": threads} if threads else {})}}
+    timing = lambda ups, threads=None, day="2026-12-02": {  # noqa: E731
+        "timing": {"wall_s": 600, "updates": 100, "updates_per_s": ups, "day": day,
+                   **({"threads": threads} if threads else {})}}
     groups = {"adamw": [timing(1.5), timing(1.7), timing(3.0, threads=2)],
               "sam": [timing(0.8, threads=1), timing(0.9, threads=1)], "xsam": [{"timing": None}],
-              "fixed": [timing(0.7), timing(0.8, threads=1)]}
+              "fixed": [timing(0.7), timing(0.8, threads=1)],
+              "msam": [timing(0.8, threads=1), timing(1.2, threads=1, day="2026-12-05")]}
     rows = {r[0]: r for r in cost_rows(groups)}
-    assert list(rows) == ["adamw", "adamw (2 threads)", "sam", "xsam", "fixed", "fixed (1 thread)"]
+    assert list(rows) == ["adamw", "adamw (2 threads)", "sam", "xsam", "fixed",
+                          "fixed (1 thread)", "msam (2026-12-02)", "msam (2026-12-05)"]
     assert rows["adamw"][1:4] == (2, [10.0, 10.0], [1.5, 1.7])
     assert rows["adamw (2 threads)"][1:4] == (1, [10.0], [3.0])
     assert rows["sam"][1:4] == (2, [10.0, 10.0], [0.8, 0.9])  # one thread count: one plain row
-    assert rows["xsam"][1:] == (0, [], [], [])
+    assert rows["xsam"][1:] == (0, [], [], [], None)
     assert rows["fixed (1 thread)"][1:4] == (1, [10.0], [0.8])
+    assert rows["msam (2026-12-05)"][1:] == (1, [10.0], [1.2], [100], "2026-12-05")
+
+
+def test_cost_ratio_divides_by_adamw_of_the_same_day(multi, tmp_path):
+    """Every session runs on a machine of its own: a run finished on another day gets its own
+    cost row, and 'time per update / adamw' divides by the AdamW speed of that day, or says
+    '–' where no AdamW run finished that day (no ratio across machines)."""
+    import shutil
+
+    runs, refs, _, root = multi
+    picked = []
+    for name, day, wall in (("adamw-seed1", "2026-12-02", 20), ("sam-seed1", "2026-12-02", 40),
+                            ("sam-seed2", "2026-12-05", 30)):
+        run = tmp_path / name
+        shutil.copytree(root / name, run)
+        log = (run / "train.log").read_text().replace("train_wall 20", f"train_wall {wall}")
+        (run / "train.log").write_text("".join(f"{day} 10:00:0{i} | INFO | {line}\n"
+                                               for i, line in enumerate(log.splitlines())))
+        picked.append(run)
+    result = run_script(*picked, "--out", tmp_path / "out", "--refs", refs, "--bootstrap", "50")
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = (tmp_path / "out" / "report.md").read_text()
+    rows = table_rows(text[text.index("## Cost"):], "| optimizer | runs")
+    assert set(rows) == {"adamw", "sam (2026-12-02)", "sam (2026-12-05)"}
+    assert rows["adamw"][4] == "0.50" and rows["adamw"][5] == "1.00"       # 10 updates / 20 s
+    assert rows["sam (2026-12-02)"][4] == "0.25" and rows["sam (2026-12-02)"][5] == "2.00"
+    assert rows["sam (2026-12-05)"][4] == "0.33" and rows["sam (2026-12-05)"][5] == "–"
