@@ -365,8 +365,10 @@ PAIRS = (("xsam", "sam"), ("xsam", "adamw"))
 
 def pairs(labels) -> List[tuple]:
     """PAIRS, then each variant of XSAM (a label ``xsam_<name>``, e.g. issue 14's ``xsam_auto``)
-    against default XSAM."""
-    variants = sorted(lab for lab in labels if lab.startswith("xsam_"))
+    and the fixed-α baseline (``fixed`` or ``fixed_<name>``: XSAM's direction without the
+    search) against default XSAM."""
+    variants = sorted(lab for lab in labels if lab.startswith("xsam_")) + sorted(
+        lab for lab in labels if lab == "fixed" or lab.startswith("fixed_"))
     return list(PAIRS) + [(lab, "xsam") for lab in variants]
 
 

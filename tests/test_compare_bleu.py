@@ -339,6 +339,9 @@ def test_an_xsam_variant_is_tested_against_default_xsam(multi, tmp_path):
                                             abs=0.006)
     assert compare_bleu_module().pairs({"sam", "xsam", "xsam_probe1", "xsam_auto"})[2:] == \
         [("xsam_auto", "xsam"), ("xsam_probe1", "xsam")]
+    assert compare_bleu_module().pairs({"adamw", "fixed_a05", "xsam_auto", "fixed", "lsam"}) == \
+        [("xsam", "sam"), ("xsam", "adamw"), ("xsam_auto", "xsam"), ("fixed", "xsam"),
+         ("fixed_a05", "xsam")]
 
 
 def compare_bleu_module():
