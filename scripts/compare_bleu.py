@@ -599,8 +599,8 @@ def report_multi(runs: List[dict], out: Path, title: str, note: Optional[str],
     if any(c[1] for c in cost):
         # the AdamW speed of each day (its first row of that day: the plain one if there is one)
         base: Dict[Optional[str], float] = {}
-        for c in cost:
-            if c[0].split(" (")[0] == "adamw" and c[3]:
+        for c in cost_rows({"adamw": groups.get("adamw", [])}):
+            if c[3]:
                 base.setdefault(c[5], statistics.mean(c[3]))
         lines += ["## Cost", "", "Wall-clock of the training (every fairseq process that wrote "
                   "the run's train.log, from its first to its last line; minutes; it includes "
