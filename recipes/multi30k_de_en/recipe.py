@@ -163,7 +163,8 @@ def train_settings(opt: str, *, preset: str = "study", seed: int = 1,
                    rho: Optional[float] = None, probe_rho: Optional[float] = None,
                    alpha: Optional[float] = None, ascent_steps: Optional[int] = None,
                    alpha_search: Optional[str] = None, max_epoch: Optional[int] = None,
-                   fp16: bool = True, cpu: bool = False) -> List[Tuple[str, str, object]]:
+                   fp16: bool = True, cpu: bool = False,
+                   epoch_checkpoints: bool = False) -> List[Tuple[str, str, object]]:
     """The ordered (group, field, value) settings of one run of ``train OPT``."""
     if preset not in PRESETS:
         raise ValueError(f"Invalid --preset value: {preset!r} (allowed: {', '.join(PRESETS)})")
@@ -179,6 +180,8 @@ def train_settings(opt: str, *, preset: str = "study", seed: int = 1,
         ("optimizer", "alpha_search"): alpha_search, ("optimization", "max_epoch"): max_epoch,
         ("common", "seed"): seed})
     table[("common", "fp16")] = bool(fp16 and not cpu)
+    if epoch_checkpoints:
+        table[("checkpoint", "no_epoch_checkpoints")] = False
     if cpu:
         table[("common", "cpu")] = True
     return [(g, k, v) for (g, k), v in table.items()]
@@ -312,6 +315,9 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, help="alpha of OPT fixed (required there), or xsam's "
                    "initial alpha (0 <= alpha <= 2)")
     p.add_argument("--ascent-steps", type=common.int_at_least(1), help="ascent steps k (default 1)")
+    p.add_argument("--epoch-checkpoints", action="store_true",
+                   help="also keep checkpoint<N>.pt of every epoch (outside git; for measurements "
+                   "on checkpoints from early, middle and late in training)")
     p.add_argument("--cpu", action="store_true", help="train on CPU (fp32)")
     p.add_argument("--no-fp16", action="store_true", help="fp32 on GPU (default there: --fp16)")
     p.add_argument("--quiet", action="store_true", help="fairseq's output to train.log only")
@@ -331,7 +337,7 @@ def train_args(argv: Sequence[str]):
             args.opt, preset=args.preset, seed=args.seed, rho=args.rho,
             probe_rho=args.probe_rho, alpha=args.alpha, ascent_steps=args.ascent_steps,
             alpha_search=args.alpha_search, max_epoch=args.max_epoch, fp16=not args.no_fp16,
-            cpu=args.cpu)
+            cpu=args.cpu, epoch_checkpoints=args.epoch_checkpoints)
     except ValueError as e:
         parser.error(str(e))
     args.data = args.data or default_data(args.preset)

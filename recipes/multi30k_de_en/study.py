@@ -249,8 +249,11 @@ def passes(run: dict) -> int:
     """Forward/backward passes per update: 1 for adamw, 1 + --ascent-steps for the others."""
     if run["opt"] == "adamw":
         return 1
-    _, extra = recipe.common.split_extra(run["args"])
-    steps = int(extra[extra.index("--ascent-steps") + 1]) if "--ascent-steps" in extra else 1
+    own, extra = recipe.common.split_extra(run["args"])
+    steps = 1
+    for args in (own, extra):  # train.sh's --ascent-steps, then fairseq's (the last one wins)
+        if "--ascent-steps" in args:
+            steps = int(args[args.index("--ascent-steps") + 1])
     return 1 + steps
 
 
