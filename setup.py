@@ -21,5 +21,8 @@ setup(
                     "sacrebleu", "sentencepiece"],
         "test": ["pytest"],
     },
+    entry_points={"console_scripts": [
+        "xsam-fidelity = fairseq_xsam.lab.fidelity_cli:main",
+    ]},
     license="MIT",
 )
