@@ -208,3 +208,68 @@ def test_score_cosine_and_fraction():
     assert best["cosine"] == pytest.approx(1.0, abs=1e-12)
     assert best["fraction"] == pytest.approx(1.0, abs=1e-9)
     assert np.array_equal(flat(theta), x0)
+
+
+# --------------------------------------------------------------------------- xsam-fidelity
+def test_xsam_fidelity_measures_and_summarizes_a_fairseq_checkpoint(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from fairseq_helpers import TINY_ARCH, make_corpus
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    data = make_corpus(str(tmp_path), n_train=120, n_valid=10)
+    save = tmp_path / "run" / "checkpoints"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    train = subprocess.run(
+        [sys.executable, "-m", "fairseq_cli.train", data, "--user-dir",
+         os.path.join(root, "fairseq_xsam"), "--task", "translation", "--cpu", *TINY_ARCH,
+         "--optimizer", "xsam_adamw", "--rho", "0.1", "--probe-rho", "0.3", "--lr", "2e-3",
+         "--dropout", "0.1", "--criterion", "label_smoothed_cross_entropy",
+         "--label-smoothing", "0.1", "--max-tokens", "300", "--max-epoch", "2", "--seed", "3",
+         "--save-dir", str(save), "--no-progress-bar", "--num-workers", "0"],
+        capture_output=True, text=True, env=env)
+    assert train.returncode == 0, train.stderr[-3000:]
+    tool = os.path.join(os.path.dirname(sys.executable), "xsam-fidelity")
+    out = tmp_path / "fidelity"
+    run = subprocess.run(
+        [tool, "measure", str(save / "checkpoint1.pt"), str(save / "checkpoint2.pt"),
+         "--data", data, "--out", str(out), "--cpu", "--batches", "3", "--max-tokens", "300",
+         "--radii", "0.3,0.1", "--starts", "2", "--steps", "4", "--rho", "0.1",
+         "--probe-rho", "0.3"], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    records = [json.loads((out / f"run-epoch{e}.json").read_text()) for e in (1, 2)]
+    for rec in records:
+        assert len(rec["batches"]) == 3 and rec["settings"]["radii"] == [0.3, 0.1]
+        alphas = [b["alpha"]["xsam"] for b in rec["batches"]]
+        # each batch borrows the α its predecessor searched (an epoch-wise search's situation)
+        assert [b["alpha_other"] for b in rec["batches"]][1:] == alphas[:-1]
+        for b in rec["batches"]:
+            assert b["alpha"]["xsam_other"] == b["alpha_other"]
+            for r, res in b["radii"].items():
+                worst = res["worst"]
+                assert worst["loss"] == max(s["loss"] for s in worst["starts"])
+                assert worst["rise"] == pytest.approx(worst["loss"] - b["base_loss"])
+                dirs = res["directions"]
+                assert set(dirs) == {"sgd", "sam_k1", "sam_k3", "xsam", "xsam_auto",
+                                     "xsam_other"}
+                assert all(-1 - 1e-9 <= d["cosine"] <= 1 + 1e-9 for d in dirs.values())
+                # the first start is SGD's point and the ascent only accepts rises
+                assert dirs["sgd"]["loss"] <= worst["loss"]
+                assert dirs["sgd"]["fraction"] <= 1 + 1e-9
+        summary = rec["summary"]["0.3"]["xsam"]["cosine"]
+        values = [b["radii"]["0.3"]["directions"]["xsam"]["cosine"] for b in rec["batches"]]
+        assert summary["mean"] == pytest.approx(sum(values) / 3) and summary["n"] == 3
+    assert [r["epoch"] for r in records] == [1, 2]
+    summ = subprocess.run([tool, "summarize", *map(str, sorted(out.glob("*.json"))), "--out",
+                           str(tmp_path / "summary.json"), "--plot", str(tmp_path / "f.png")],
+                          capture_output=True, text=True, env=env)
+    assert summ.returncode == 0, summ.stderr[-3000:]
+    assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = json.loads((tmp_path / "summary.json").read_text())
+    assert [t["label"] for t in table] == ["run-epoch1", "run-epoch2"]
+    bad = subprocess.run([tool, "measure", str(save / "checkpoint1.pt"), "--out", str(out),
+                          "--radii", "0.3,-1"], capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "invalid --radii value: '0.3,-1'" in bad.stderr
