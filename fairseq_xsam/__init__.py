@@ -3,8 +3,11 @@ plain PyTorch.
 
 - PyTorch: ``from fairseq_xsam import XSAM``.
 - fairseq: ``fairseq-train ... --user-dir <path of fairseq_xsam> --optimizer xsam_adamw``
-  (importing this package with fairseq installed registers the optimizer).
+  (fairseq imports this package after itself: the optimizer is registered then; importing
+  the package for plain PyTorch neither imports nor patches fairseq).
 """
+
+import sys as _sys
 
 from .core import VARIANTS, alpha_grid
 from .optim import XSAM
@@ -12,11 +15,5 @@ from .optim import XSAM
 __all__ = ["XSAM", "VARIANTS", "alpha_grid"]
 __version__ = "0.1.0"
 
-try:  # registering with fairseq is optional: the PyTorch class needs no fairseq
-    import fairseq as _fairseq  # noqa: F401
-except ImportError:  # pragma: no cover - exercised where fairseq is absent
-    pass
-else:
-    from .fairseq import register as _register
-
-    _register()
+if "fairseq" in _sys.modules:  # imported by fairseq (--user-dir, common.user_dir): register
+    from . import fairseq as _fairseq_plugin  # noqa: F401  (registers xsam_adamw on import)

@@ -21,17 +21,21 @@ Implementation", ICLR 2026 (Sec. 4, Algorithm 1). The math lives in :mod:`fairse
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Callable, Optional
 
 import torch
 
-from . import core
-from .settings import check, edge_advice, parse_alpha_max
+from . import core, settings
 
 logger = logging.getLogger(__name__)
 
-HYPERPARAMETERS = ("rho", "probe_rho", "ascent_steps", "variant", "alpha_max", "alpha_step",
-          "search_every", "adaptive", "asam_eta", "alpha_expand_probes")
+#: XSAM's settings kept in every param group (α itself is the search clock's, not a setting's).
+HYPERPARAMETERS = tuple(name for name in settings.PYTORCH if name != "alpha")
+#: Keywords of earlier versions: accepted with a DeprecationWarning (and read from old state
+#: dicts' param groups) under the option's one name.
+RENAMED = {"variant": "sam_variant", "search_every": "alpha_search"}
+_D = settings.DEFAULTS
 
 
 class XSAM(torch.optim.Optimizer):
@@ -41,23 +45,22 @@ class XSAM(torch.optim.Optimizer):
         params: parameters or parameter groups, as for any ``torch.optim`` optimizer.
         base_optimizer: the optimizer class taking the descent step (``torch.optim.SGD``, AdamW…);
             it is built on this optimizer's ``param_groups`` with the remaining ``**kwargs``.
-        rho (float): total ascent radius ρ > 0 (default 0.15); each of k steps moves ρ/k.
-        probe_rho (float): probe radius ρ' > 0 for the α search (default 0.3; the paper uses 2ρ-3ρ).
-        ascent_steps (int): k ≥ 1 (default 1). A step costs k + 1 gradient evaluations.
-        variant (str): 'xsam' (search α), 'fixed' (fixed α, the WSAM-like baseline), 'sam',
-            'msam', 'msam+', 'lsam', 'lsam+' (see ``fairseq_xsam.core.VARIANTS``).
-        alpha (float): α in use until the first search (default 1.0 = SAM's direction).
-        alpha_max, alpha_step (float): the grid 0, Δ, …, α_max searched (defaults 2.0, 0.1).
-            ``alpha_max='auto'``: search 0, Δ, …, 2, then, if the loss still rises at 2, go on
-            at 2 + Δ, 2 + 2Δ, … while it rises, α·φ ≤ π (up to the direction opposite the
-            ascent) and at most ``alpha_expand_probes`` extra probes (default 40).
-            Every search sets ``at_edge`` on the :class:`~fairseq_xsam.core.UpdateInfo` it
-            returns (α* is the last probe: the maximum may lie beyond); the first time in a
-            run, one ``logging`` warning names the option to change.
-        search_every: 'xsam' only. N > 0 searches on steps 1, N+1, 2N+1, …; 0 never; 'epoch'
-            searches on the first step after each :meth:`begin_epoch`. Default 1 for 'xsam'.
-        adaptive (bool): ASAM's ascent, scaled element-wise by T = |θ| + η (default False).
-        asam_eta (float): η of ASAM (default 0.01).
+
+    XSAM's options, keyword only, with the names, defaults and rules of
+    :data:`fairseq_xsam.settings.OPTIONS` (``xsam_adamw``'s fields; ``--probe-rho`` is
+    ``probe_rho``); an invalid value raises :class:`~fairseq_xsam.settings.OptionError`, a
+    ``ValueError``:
+
+{options}
+
+    ``sam_variant``: 'xsam' (search α), 'fixed' (fixed α, the WSAM-like baseline), 'sam', 'msam',
+    'msam+', 'lsam', 'lsam+' (see ``fairseq_xsam.core.VARIANTS``). ``alpha_search`` N > 0
+    searches on steps 1, N+1, 2N+1, …; 0 or 'never' never; 'epoch' on the first step after each
+    :meth:`begin_epoch`. ``alpha_max='auto'``: search 0, Δ, …, 2, then, if the loss still rises
+    at 2, go on at 2 + Δ, 2 + 2Δ, … while it rises, α·φ ≤ π and at most
+    ``alpha_expand_probes`` extra probes. Every search sets ``at_edge`` on the
+    :class:`~fairseq_xsam.core.UpdateInfo` it returns (α* is the last probe: the maximum may lie
+    beyond); the first time in a run, one ``logging`` warning names the option to change.
 
     ``step(closure)``: ``closure()`` returns the batch loss; it must not call ``backward`` or
     ``zero_grad`` (the optimizer does, k + 1 times, and calls it under ``torch.no_grad()`` for the
@@ -67,30 +70,45 @@ class XSAM(torch.optim.Optimizer):
     gradient prepared by :meth:`sharpness_gradient` (the fairseq glue does that).
     """
 
-    def __init__(self, params, base_optimizer, rho: float = 0.15, probe_rho: float = 0.3,
-                 ascent_steps: int = 1, variant: str = "xsam", alpha: float = 1.0,
-                 alpha_max=2.0, alpha_step: float = 0.1, search_every=None,
-                 adaptive: bool = False, asam_eta: float = 0.01, alpha_expand_probes: int = 40,
-                 **kwargs):
-        schedule = check(rho=rho, probe_rho=probe_rho, ascent_steps=ascent_steps,
-                         variant=variant, alpha=alpha, alpha_max=alpha_max,
-                         alpha_step=alpha_step, search=search_every, adaptive=adaptive,
-                         asam_eta=asam_eta, alpha_expand_probes=alpha_expand_probes)
-        defaults = dict(rho=rho, probe_rho=probe_rho, ascent_steps=ascent_steps, variant=variant,
-                        alpha_max=parse_alpha_max(alpha_max), alpha_step=alpha_step,
-                        search_every=schedule, adaptive=adaptive, asam_eta=asam_eta,
-                        alpha_expand_probes=alpha_expand_probes)
-        super().__init__(params, defaults)
+    def __init__(self, params, base_optimizer, *, rho: float = _D["rho"],
+                 probe_rho: float = _D["probe_rho"], ascent_steps: int = _D["ascent_steps"],
+                 sam_variant: str = _D["sam_variant"], alpha_max=_D["alpha_max"],
+                 alpha_step: float = _D["alpha_step"],
+                 alpha_expand_probes: int = _D["alpha_expand_probes"], alpha: float = _D["alpha"],
+                 alpha_search=_D["alpha_search"], adaptive: bool = _D["adaptive"],
+                 asam_eta: float = _D["asam_eta"], **kwargs):
+        given = {name: value for name, value in locals().items() if name in settings.PYTORCH}
+        for old, new in RENAMED.items():
+            if old in kwargs:
+                warnings.warn(f"XSAM({old}=...) is now XSAM({new}=...), the option's name "
+                              "everywhere", DeprecationWarning, stacklevel=2)
+                if given[new] != _D[new]:
+                    raise TypeError(f"XSAM() got both {old} and {new} (allowed: {new} only)")
+                given[new] = kwargs.pop(old)
+        self._setup(params, base_optimizer, settings.check_kwargs(given), kwargs)
+
+    @classmethod
+    def from_checked(cls, params, base_optimizer, values, **kwargs) -> "XSAM":
+        """An XSAM from options an entry point has checked and resolved
+        (:func:`fairseq_xsam.settings.resolve`): fairseq's ``xsam_adamw`` builds it so, without
+        checking its options a second time."""
+        self = cls.__new__(cls)
+        self._setup(params, base_optimizer, values, kwargs)
+        return self
+
+    def _setup(self, params, base_optimizer, values, kwargs):
+        super().__init__(params, {key: values[key] for key in HYPERPARAMETERS})
         self.base_optimizer = base_optimizer(self.param_groups, **kwargs)
         self.param_groups = self.base_optimizer.param_groups
         self.state = self.base_optimizer.state
         self.defaults.update(self.base_optimizer.defaults)
         # The search clock: α, committed steps, the epoch and the last epoch that searched.
-        self.search_state = {"alpha": float(alpha), "step": 0, "epoch": 1, "searched_epoch": None}
+        self.search_state = {"alpha": float(values["alpha"]), "step": 0, "epoch": 1,
+                             "searched_epoch": None}
         self._backup = None  # θ's copy during a step: scratch, never saved
         self._backup_key = None
         self._prepared: Optional[core.UpdateInfo] = None
-        self.cli_names = False  # option names in messages: --alpha-max (fairseq) or alpha_max
+        self.option_style = "python"  # option names in messages: alpha_max, or --alpha-max
         self._edge_warned = False  # the edge warning is given once per run (not saved)
 
     # -- the search clock ----------------------------------------------------------------
@@ -100,13 +118,13 @@ class XSAM(torch.optim.Optimizer):
         return self.search_state["alpha"]
 
     def begin_epoch(self, epoch: int) -> None:
-        """Tells the optimizer a new epoch starts (for ``search_every='epoch'``)."""
+        """Tells the optimizer a new epoch starts (for ``alpha_search='epoch'``)."""
         self.search_state["epoch"] = int(epoch)
 
     def search_due(self) -> bool:
         """Whether the next step searches α."""
-        schedule = self.hyper["search_every"]
-        if not core.VARIANTS[self.hyper["variant"]].searches or schedule == 0:
+        schedule = self.hyper["alpha_search"]
+        if not core.VARIANTS[self.hyper["sam_variant"]].searches or schedule == 0:
             return False
         if schedule == "epoch":
             return self.search_state["searched_epoch"] != self.search_state["epoch"]
@@ -167,7 +185,7 @@ class XSAM(torch.optim.Optimizer):
         with torch.no_grad():
             info = core.sharpness_update(
                 theta, [p.grad for p in theta], self._backup, rho=h["rho"],
-                ascent_steps=h["ascent_steps"], variant=h["variant"], alpha=self.alpha,
+                ascent_steps=h["ascent_steps"], variant=h["sam_variant"], alpha=self.alpha,
                 search_grid=grid if search else None, expansion=expansion,
                 probe_rho=h["probe_rho"], adaptive=h["adaptive"], asam_eta=h["asam_eta"],
                 compute_grad=grads_of_theta, compute_loss=compute_loss, moved=moved,
@@ -177,8 +195,8 @@ class XSAM(torch.optim.Optimizer):
             logger.warning("XSAM: every probe loss is non-finite; keeping alpha=%s", self.alpha)
         if info.at_edge and not self._edge_warned:
             self._edge_warned = True
-            logger.warning(edge_advice(info.edge, info.alpha, h["alpha_max"],
-                                       h["alpha_expand_probes"], cli=self.cli_names))
+            logger.warning(settings.edge_advice(info.edge, info.alpha, h["alpha_max"],
+                                                h["alpha_expand_probes"], self.option_style))
         self._prepared = info
         return info
 
@@ -240,8 +258,11 @@ class XSAM(torch.optim.Optimizer):
         self.base_optimizer.load_state_dict(state_dict)
         self.param_groups = self.base_optimizer.param_groups
         self.state = self.base_optimizer.state
-        for group in self.param_groups:  # saved before a setting existed: its default
-            for key in HYPERPARAMETERS:
+        for group in self.param_groups:
+            for old, new in RENAMED.items():  # saved under an earlier keyword
+                if old in group:
+                    group.setdefault(new, group.pop(old))
+            for key in HYPERPARAMETERS:  # saved before a setting existed: its default
                 group.setdefault(key, self.defaults[key])
         if search is not None:
             self.search_state = dict(search)
@@ -255,3 +276,7 @@ def _set_rng_state(state, devices):
     torch.set_rng_state(state[0])
     for device, s in zip(devices, state[1]):
         torch.cuda.set_rng_state(s, device)
+
+
+if XSAM.__doc__:  # the options' list comes from the table (none under python -OO)
+    XSAM.__doc__ = XSAM.__doc__.replace("{options}", settings.describe("python"))

@@ -562,17 +562,37 @@ def split_extra(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
     return argv, []
 
 
-def check_alpha_options(parser, opt: str, alpha, alpha_search) -> None:
-    """The shared rules of --alpha and --alpha-search (parser.error on a violation)."""
+def check_alpha_options(parser, opt: str, alpha, alpha_search, extra: Sequence[str] = ()
+                        ) -> None:
+    """The shared rules of --alpha and --alpha-search (parser.error on a violation). The largest
+    alpha allowed is the settings' (fairseq_xsam.settings): --alpha-max, or 2 + --alpha-expand-
+    probes x --alpha-step under --alpha-max auto, as given to fairseq-train in ``extra`` (the
+    arguments after --; the last of a flag wins, as in fairseq-train). Grid options fairseq-train
+    would refuse are left to it: alpha is then only checked to be >= 0."""
+    from fairseq_xsam import settings
+
+    grid = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
+    for name in ("alpha_max", "alpha_step", "alpha_expand_probes"):
+        grid.add_argument(settings.option_name(name, "cli"), dest=name)
+    try:
+        given = {k: v for k, v in vars(grid.parse_known_args(list(extra))[0]).items()
+                 if v is not None}
+        limit = settings.largest_allowed_alpha(given)
+    except (argparse.ArgumentError, ValueError):
+        limit = None
+    top = "" if limit is None else f" <= {limit:g}"
     if opt == "fixed" and alpha is None:
-        parser.error("OPT fixed needs --alpha A (0 <= A <= 2): the fixed interpolation factor")
-    if alpha_search is not None and not re.fullmatch(r"epoch|never|\d+", alpha_search):
-        parser.error(f"argument --alpha-search: {alpha_search!r} (allowed: 'epoch', 'never' "
-                     "or an integer N >= 0 = every N updates)")
+        parser.error(f"OPT fixed needs --alpha A (0 <= A{top}): the fixed interpolation factor")
+    if alpha_search is not None:
+        try:
+            settings.search_schedule(alpha_search)
+        except ValueError:
+            parser.error(f"argument --alpha-search: {alpha_search!r} (allowed: 'epoch', 'never' "
+                         "or an integer N >= 0 = every N updates)")
     if alpha_search is not None and opt != "xsam":
         parser.error(f"--alpha-search applies to OPT xsam only (got OPT {opt})")
-    if alpha is not None and not 0 <= alpha <= 2:
-        parser.error(f"argument --alpha: {alpha} (allowed: 0 <= alpha <= 2)")
+    if alpha is not None and not (0 <= alpha and (limit is None or alpha <= limit)):
+        parser.error(f"argument --alpha: {alpha} (allowed: 0 <= alpha{top})")
 
 
 def require_cuda(prog: str) -> None:

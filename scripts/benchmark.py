@@ -597,8 +597,8 @@ def mlp_optimizers(width, base, device, seed):
         if name == "base":
             opt = cls(model.parameters(), **kw)
         else:
-            opt = XSAM(model.parameters(), cls, rho=0.05, variant="sam" if name == "sam"
-                       else "xsam", alpha=0.5, search_every=0, **kw)
+            opt = XSAM(model.parameters(), cls, rho=0.05, sam_variant="sam" if name == "sam"
+                       else "xsam", alpha=0.5, alpha_search=0, **kw)
         out[name] = (model, opt)
     return out
 

@@ -21,10 +21,10 @@ from fairseq_xsam.toy import FLAT, SHARP, basin, loss, trajectory  # noqa: E402
 def runs(start, steps, lr, rho, probe_rho):
     return {
         "SGD": trajectory(lambda p: torch.optim.SGD(p, lr=lr), start, steps),
-        "SAM": trajectory(lambda p: XSAM(p, torch.optim.SGD, rho=rho, variant="sam", lr=lr),
+        "SAM": trajectory(lambda p: XSAM(p, torch.optim.SGD, rho=rho, sam_variant="sam", lr=lr),
                           start, steps),
         "XSAM": trajectory(lambda p: XSAM(p, torch.optim.SGD, rho=rho, probe_rho=probe_rho,
-                                          search_every=1, lr=lr), start, steps),
+                                          alpha_search=1, lr=lr), start, steps),
     }
 
 

@@ -33,6 +33,38 @@ def train(data, save_dir, *extra, check=True):
     return out
 
 
+def python(code, cwd):
+    """Runs ``code`` in a fresh interpreter (nothing imported yet); returns its stdout."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd,
+                         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def test_importing_the_package_for_pytorch_neither_imports_nor_patches_fairseq(tmp_path):
+    """``from fairseq_xsam import XSAM`` for plain PyTorch: no fairseq module is loaded (so
+    nothing of fairseq is patched either)."""
+    python("import sys; import fairseq_xsam; from fairseq_xsam import XSAM, settings; "
+           "assert not [m for m in sys.modules if m == 'fairseq' or m.startswith('fairseq.')]"
+           ", sorted(m for m in sys.modules if m.startswith('fairseq'))", tmp_path)
+
+
+def test_user_dir_registers_xsam_adamw_and_so_does_importing_the_fairseq_subpackage(tmp_path):
+    """--user-dir is fairseq's import_user_module: it imports fairseq_xsam with fairseq loaded,
+    and xsam_adamw, its checks and the trainer hook are registered; likewise
+    ``import fairseq_xsam.fairseq`` after a PyTorch-only import of fairseq_xsam."""
+    check = ("from fairseq.optim import OPTIMIZER_REGISTRY\n"
+             "from fairseq.dataclass import utils\n"
+             "from fairseq.trainer import Trainer\n"
+             "assert OPTIMIZER_REGISTRY['xsam_adamw'].__name__ == 'XSAMAdamW'\n"
+             "assert utils.merge_with_parent._xsam_patched\n"
+             "assert Trainer._build_optimizer._xsam_patched\n")
+    python("import argparse, sys\nfrom fairseq import utils as fairseq_utils\n"
+           f"fairseq_utils.import_user_module(argparse.Namespace(user_dir={USER_DIR!r}))\n"
+           + check, tmp_path)
+    python("import fairseq_xsam\nimport fairseq_xsam.fairseq\n" + check, tmp_path)
+
+
 def load(path):
     from fairseq_xsam.fairseq.checkpoints import load as safe_load
 

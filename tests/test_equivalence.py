@@ -169,8 +169,8 @@ class Reference:
 def run_package(params, loss, unused, steps, **cfg):
     ps = [torch.nn.Parameter(p.clone()) for p in params] + [torch.nn.Parameter(unused.clone())]
     opt = XSAM(ps, torch.optim.SGD, rho=cfg["rho"], probe_rho=cfg["probe_rho"],
-               ascent_steps=cfg["k"], variant=cfg["variant"], alpha=cfg["alpha"],
-               search_every=cfg["search_every"], adaptive=cfg["adaptive"], asam_eta=cfg["eta"],
+               ascent_steps=cfg["k"], sam_variant=cfg["variant"], alpha=cfg["alpha"],
+               alpha_search=cfg["search_every"], adaptive=cfg["adaptive"], asam_eta=cfg["eta"],
                lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
     trajectory, alphas = [], []
     for _ in range(steps):

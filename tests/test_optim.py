@@ -30,7 +30,8 @@ def test_fixed_alpha_one_equals_an_independent_sam_step():
     model, closure = make_problem()
     ref = copy.deepcopy(model)
     ref_closure = make_problem.closure_for(ref)
-    opt = XSAM(model.parameters(), torch.optim.SGD, rho=0.2, variant="fixed", alpha=1.0, lr=0.1)
+    opt = XSAM(model.parameters(), torch.optim.SGD, rho=0.2, sam_variant="fixed", alpha=1.0,
+               lr=0.1)
     opt.step(closure)
 
     # SAM written out by hand (Foret et al.): ε = ρ g/‖g‖, then descend with ∇L(θ + ε)
@@ -55,7 +56,7 @@ def test_tiny_rho_equals_the_base_optimizer_step_for_step(variant, dropout):
     base_model = copy.deepcopy(model)
     base_closure = make_problem.closure_for(base_model)
     kw = dict(lr=0.01, weight_decay=0.1)
-    opt = XSAM(model.parameters(), torch.optim.AdamW, rho=1e-9, variant=variant, **kw)
+    opt = XSAM(model.parameters(), torch.optim.AdamW, rho=1e-9, sam_variant=variant, **kw)
     base = torch.optim.AdamW(base_model.parameters(), **kw)
     torch.manual_seed(123)
     for _ in range(5):
@@ -80,21 +81,21 @@ def test_closure_call_pattern_and_probe_mode():
     opt.step(counting)  # a search step: 3 gradient evaluations, then 5 probes without grad
     assert calls == [True, True, True] + [False] * 5
     calls.clear()
-    opt = XSAM(model.parameters(), torch.optim.SGD, search_every=0, lr=0.1)
+    opt = XSAM(model.parameters(), torch.optim.SGD, alpha_search=0, lr=0.1)
     opt.step(counting)
     assert calls == [True, True]
 
 
 def test_search_schedule_every_n_and_epoch():
     model, closure = make_problem()
-    opt = XSAM(model.parameters(), torch.optim.SGD, search_every=3, lr=0.01)
+    opt = XSAM(model.parameters(), torch.optim.SGD, alpha_search=3, lr=0.01)
     due = []
     for _ in range(7):
         due.append(opt.search_due())
         opt.step(closure)
     assert due == [True, False, False, True, False, False, True]  # steps 1, 4, 7
 
-    opt = XSAM(model.parameters(), torch.optim.SGD, search_every="epoch", lr=0.01)
+    opt = XSAM(model.parameters(), torch.optim.SGD, alpha_search="epoch", lr=0.01)
     pattern = []
     for epoch in (1, 2):
         opt.begin_epoch(epoch)
@@ -102,12 +103,13 @@ def test_search_schedule_every_n_and_epoch():
             pattern.append(opt.search_due())
             opt.step(closure)
     assert pattern == [True, False, False, True, False, False]
-    assert XSAM(model.parameters(), torch.optim.SGD, variant="fixed", lr=1).search_due() is False
+    assert XSAM(model.parameters(), torch.optim.SGD, sam_variant="fixed",
+                lr=1).search_due() is False
 
 
 def test_alpha_is_the_searched_value_and_persists():
     model, closure = make_problem()
-    opt = XSAM(model.parameters(), torch.optim.SGD, search_every=2, alpha=0.0, lr=0.01)
+    opt = XSAM(model.parameters(), torch.optim.SGD, alpha_search=2, alpha=0.0, lr=0.01)
     seen = []
     original = opt.sharpness_gradient
 
@@ -126,7 +128,7 @@ def test_alpha_is_the_searched_value_and_persists():
 
 def test_state_dict_round_trip_continues_exactly():
     model, closure = make_problem()
-    opt = XSAM(model.parameters(), torch.optim.AdamW, search_every=3, lr=0.01)
+    opt = XSAM(model.parameters(), torch.optim.AdamW, alpha_search=3, lr=0.01)
     for _ in range(4):
         opt.step(closure)
     saved_model = copy.deepcopy(model.state_dict())
@@ -141,7 +143,7 @@ def test_state_dict_round_trip_continues_exactly():
 
     model2, closure2 = make_problem()
     model2.load_state_dict(saved_model)
-    opt2 = XSAM(model2.parameters(), torch.optim.AdamW, search_every=3, lr=0.01)
+    opt2 = XSAM(model2.parameters(), torch.optim.AdamW, alpha_search=3, lr=0.01)
     opt2.load_state_dict(saved)
     assert opt2.alpha == saved["xsam"]["alpha"] and opt2.search_state["step"] == 4
     for _ in range(4):
@@ -152,7 +154,7 @@ def test_state_dict_round_trip_continues_exactly():
 
 def test_lr_scheduler_drives_the_base_optimizer():
     model, closure = make_problem()
-    opt = XSAM(model.parameters(), torch.optim.SGD, variant="sam", lr=1.0)
+    opt = XSAM(model.parameters(), torch.optim.SGD, sam_variant="sam", lr=1.0)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
     opt.step(closure)
     sched.step()
@@ -188,9 +190,9 @@ def test_step_without_closure_is_an_error_not_a_plain_step():
     assert torch.equal(params_of(model), before)
 
 
-GOOD = [dict(), dict(variant="fixed", alpha=0.5), dict(variant="sam", ascent_steps=3),
-        dict(variant="lsam+", adaptive=True, asam_eta=0.0), dict(search_every="epoch"),
-        dict(search_every=0, alpha=2.0), dict(alpha_max=1.0, alpha_step=1.0),
+GOOD = [dict(), dict(sam_variant="fixed", alpha=0.5), dict(sam_variant="sam", ascent_steps=3),
+        dict(sam_variant="lsam+", adaptive=True, asam_eta=0.0), dict(alpha_search="epoch"),
+        dict(alpha_search=0, alpha=2.0), dict(alpha_max=1.0, alpha_step=1.0),
         dict(alpha_max="auto"), dict(alpha_max=" Auto ", alpha=6.0),
         dict(alpha_max="auto", alpha_step=0.25, alpha_expand_probes=2, alpha=2.5),
         dict(alpha_max="3", alpha=3.0)]
@@ -201,14 +203,14 @@ BAD = [
     (dict(probe_rho=0), "Invalid probe_rho value"),
     (dict(ascent_steps=0), "Invalid ascent_steps value: 0 (allowed: an integer >= 1)"),
     (dict(ascent_steps=1.5), "Invalid ascent_steps"),
-    (dict(variant="gsam"), "Invalid variant value: 'gsam' (allowed: xsam, fixed, sam"),
+    (dict(sam_variant="gsam"), "Invalid sam_variant value: 'gsam' (allowed: xsam, fixed, sam"),
     (dict(alpha_step=0), "Invalid alpha_step value: 0"),
     (dict(alpha_step=3.0), "alpha_step <= alpha_max = 2.0"),
     (dict(alpha=2.5), "Invalid alpha value: 2.5 (allowed: 0 <= alpha <= alpha_max = 2.0)"),
     (dict(alpha_max=-1), "Invalid alpha_max value"),
-    (dict(search_every=-2), "Invalid search_every value: -2"),
-    (dict(search_every="weekly"), "Invalid search_every value: 'weekly'"),
-    (dict(variant="fixed", search_every=5), "only 'xsam' searches"),
+    (dict(alpha_search=-2), "Invalid alpha_search value: -2"),
+    (dict(alpha_search="weekly"), "Invalid alpha_search value: 'weekly'"),
+    (dict(sam_variant="fixed", alpha_search=5), "only 'xsam' searches"),
     (dict(asam_eta=-0.1), "Invalid asam_eta value"),
     (dict(alpha_max="wide"), "Invalid alpha_max value: 'wide' (allowed: a number > 0, or 'auto')"),
     (dict(alpha_max=float("inf")), "Invalid alpha_max value: inf"),
@@ -252,10 +254,10 @@ def test_two_d_function_xsam_finds_the_flat_minimum():
     """Paper Sec. 5.1: from near the sharp minimum, SGD and SAM stay, XSAM reaches the flat one."""
     start, steps, lr, rho = [-15.0, 10.0], 800, 100.0, 8.0
     sgd = trajectory(lambda p: torch.optim.SGD(p, lr=lr), start, steps)
-    sam = trajectory(lambda p: XSAM(p, torch.optim.SGD, rho=rho, variant="sam", lr=lr),
+    sam = trajectory(lambda p: XSAM(p, torch.optim.SGD, rho=rho, sam_variant="sam", lr=lr),
                      start, steps)
     xsam = trajectory(lambda p: XSAM(p, torch.optim.SGD, rho=rho, probe_rho=3 * rho,
-                                     search_every=1, lr=lr), start, steps)
+                                     alpha_search=1, lr=lr), start, steps)
     assert basin(sgd[-1]) == "sharp" and basin(sam[-1]) == "sharp"
     assert basin(xsam[-1]) == "flat"
     assert float(xsam[-1][0]) > 0.0 > float(sam[-1][0])
@@ -276,7 +278,7 @@ def test_auto_finds_the_closed_form_alpha_and_the_default_grid_warns_once(caplog
     expected = closed_form_alpha(1.0, 1.0, probe_rho, quadratic_problem()[2])  # 3.37
     theta, closure, _ = quadratic_problem()
     auto = XSAM([theta], torch.optim.SGD, rho=0.17, probe_rho=probe_rho, alpha_max="auto",
-                search_every=1, lr=0.0)
+                alpha_search=1, lr=0.0)
     infos = []
     original = auto.sharpness_gradient
     auto.sharpness_gradient = lambda *a, **k: infos.append(original(*a, **k)) or infos[-1]
@@ -286,7 +288,8 @@ def test_auto_finds_the_closed_form_alpha_and_the_default_grid_warns_once(caplog
     assert auto.param_groups[0]["alpha_max"] == "auto"
 
     theta, closure, _ = quadratic_problem()
-    fixed = XSAM([theta], torch.optim.SGD, rho=0.17, probe_rho=probe_rho, search_every=1, lr=0.0)
+    fixed = XSAM([theta], torch.optim.SGD, rho=0.17, probe_rho=probe_rho, alpha_search=1,
+                 lr=0.0)
     infos.clear()
     original = fixed.sharpness_gradient
     fixed.sharpness_gradient = lambda *a, **k: infos.append(original(*a, **k)) or infos[-1]
@@ -304,7 +307,7 @@ def test_auto_finds_the_closed_form_alpha_and_the_default_grid_warns_once(caplog
 def test_auto_out_of_probes_names_the_budget_option(caplog):
     theta, closure, _ = quadratic_problem()
     opt = XSAM([theta], torch.optim.SGD, rho=0.17, probe_rho=1.0, alpha_max="auto",
-               alpha_expand_probes=5, search_every=1, lr=0.0)
+               alpha_expand_probes=5, alpha_search=1, lr=0.0)
     with caplog.at_level("WARNING", logger="fairseq_xsam.optim"):
         opt.step(closure)
     assert opt.alpha == 2.5
@@ -315,14 +318,14 @@ def test_auto_out_of_probes_names_the_budget_option(caplog):
 def test_auto_state_dict_round_trip_and_a_state_dict_saved_before_auto_existed():
     model, closure = make_problem()
     opt = XSAM(model.parameters(), torch.optim.AdamW, alpha_max="auto", alpha_expand_probes=7,
-               search_every=2, lr=0.01)
+               alpha_search=2, lr=0.01)
     for _ in range(3):
         opt.step(closure)
     saved = copy.deepcopy(opt.state_dict())
     assert saved["param_groups"][0]["alpha_max"] == "auto"
     assert saved["param_groups"][0]["alpha_expand_probes"] == 7
     model2, _ = make_problem()
-    opt2 = XSAM(model2.parameters(), torch.optim.AdamW, search_every=2, lr=0.01)
+    opt2 = XSAM(model2.parameters(), torch.optim.AdamW, alpha_search=2, lr=0.01)
     opt2.load_state_dict(saved)  # like torch: the saved groups' settings come back
     assert opt2.hyper["alpha_max"] == "auto" and opt2.hyper["alpha_expand_probes"] == 7
 
@@ -332,8 +335,63 @@ def test_auto_state_dict_round_trip_and_a_state_dict_saved_before_auto_existed()
         group["alpha_max"] = 2.0
         del group["alpha_expand_probes"]
     model3, closure3 = make_problem()
-    opt3 = XSAM(model3.parameters(), torch.optim.AdamW, search_every=2, lr=0.01)
+    opt3 = XSAM(model3.parameters(), torch.optim.AdamW, alpha_search=2, lr=0.01)
     opt3.load_state_dict(old)
     assert opt3.hyper["alpha_expand_probes"] == 40 and opt3.alpha == saved["xsam"]["alpha"]
     opt3.step(closure3)
     assert opt3.search_state["step"] == 4 and torch.isfinite(params_of(model3)).all()
+
+
+# -- the options' names and defaults (fairseq_xsam.settings.OPTIONS) ------------------------------
+
+def test_defaults_are_the_papers_iwslt14_values_and_xsam_adamws():
+    """rho 0.15 and probe_rho 0.45 (Chen & Zhou, appendix D.3), as --optimizer xsam_adamw; an
+    unset alpha_search searches every step for xsam (fairseq: every epoch), never otherwise."""
+    model, _ = make_problem()
+    hyper = XSAM(model.parameters(), torch.optim.SGD, lr=0.1).hyper
+    assert hyper == {"rho": 0.15, "probe_rho": 0.45, "ascent_steps": 1, "sam_variant": "xsam",
+                     "alpha_max": 2.0, "alpha_step": 0.1, "alpha_expand_probes": 40,
+                     "alpha_search": 1, "adaptive": False, "asam_eta": 0.01}
+    assert XSAM(model.parameters(), torch.optim.SGD, sam_variant="sam",
+                lr=0.1).hyper["alpha_search"] == 0
+
+
+def test_options_are_keyword_only():
+    model, _ = make_problem()
+    with pytest.raises(TypeError):
+        XSAM(model.parameters(), torch.optim.SGD, 0.05)
+
+
+def test_earlier_keywords_still_work_with_a_deprecation_warning():
+    """variant and search_every are now sam_variant and alpha_search (fairseq's names); the old
+    keywords give the same optimizer, with a DeprecationWarning naming the new one."""
+    model, closure = make_problem()
+    new = XSAM(model.parameters(), torch.optim.SGD, sam_variant="xsam", alpha_search=3, lr=0.01)
+    with pytest.warns(DeprecationWarning, match=r"XSAM\(variant=...\) is now XSAM\(sam_variant"):
+        with pytest.warns(DeprecationWarning, match="alpha_search"):
+            old = XSAM(model.parameters(), torch.optim.SGD, variant="xsam", search_every=3,
+                       lr=0.01)
+    assert old.hyper == new.hyper and old.hyper["alpha_search"] == 3
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError,
+                                                         match="Invalid sam_variant value"):
+        XSAM(model.parameters(), torch.optim.SGD, variant="gsam", lr=0.01)
+    with pytest.warns(DeprecationWarning), pytest.raises(TypeError, match="both variant and"):
+        XSAM(model.parameters(), torch.optim.SGD, variant="sam", sam_variant="fixed", lr=0.01)
+
+
+def test_a_state_dict_saved_under_the_earlier_keywords_loads_under_the_new_names():
+    model, closure = make_problem()
+    opt = XSAM(model.parameters(), torch.optim.AdamW, sam_variant="fixed", alpha=0.5,
+               alpha_search=0, lr=0.01)
+    opt.step(closure)
+    saved = copy.deepcopy(opt.state_dict())
+    for group in saved["param_groups"]:  # as the earlier version saved its groups
+        group["variant"], group["search_every"] = group.pop("sam_variant"), group.pop(
+            "alpha_search")
+    model2, closure2 = make_problem()
+    opt2 = XSAM(model2.parameters(), torch.optim.AdamW, lr=0.01)  # xsam, searching: overridden
+    opt2.load_state_dict(saved)
+    assert opt2.hyper["sam_variant"] == "fixed" and opt2.hyper["alpha_search"] == 0
+    assert not any(k in g for g in opt2.param_groups for k in ("variant", "search_every"))
+    assert opt2.search_due() is False
+    opt2.step(closure2)

@@ -1,10 +1,15 @@
 """Every invalid xsam_adamw option stops fairseq-train and fairseq-hydra-train where they read
 the options: exit status 2, one line ``PROG: error: ...`` naming the option, the value and the
 allowed range, no traceback, nothing written, no data read (the data folder does not exist).
-The plain-PyTorch XSAM raises ValueError with the same rule's wording."""
+The plain-PyTorch XSAM raises ValueError with the same rule's wording. Both take their options,
+defaults and rules from one table, fairseq_xsam.settings.OPTIONS."""
 
 from __future__ import annotations
 
+import ast
+import dataclasses
+import importlib.util
+import inspect
 import json
 import os
 import subprocess
@@ -14,8 +19,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from fairseq_xsam import XSAM
-from fairseq_xsam.settings import FIELDS, OptionError, RULES, parse_text, validate
+# registers xsam_adamw here: fairseq-train's --user-dir, run in this process below, skips a
+# fairseq_xsam imported before fairseq (see fairseq_xsam/fairseq/__init__.py)
+import fairseq_xsam.fairseq  # noqa: F401
+from fairseq_xsam import XSAM, settings
+from fairseq_xsam.settings import CHECKED, OptionError, parse_text, validate
 
 ROOT = Path(__file__).resolve().parent.parent
 USER_DIR = str(ROOT / "fairseq_xsam")
@@ -101,20 +109,80 @@ def fields_named(cases):
 
 
 def test_tables_cover_every_option_of_the_settings_table():
-    """A new row in fairseq_xsam.settings.RULES needs a case here (both ways in)."""
-    assert fields_named(CLI_CASES) == set(FIELDS)
-    assert fields_named(HYDRA_CASES) == set(FIELDS)
+    """A new row with rules in fairseq_xsam.settings.OPTIONS needs a case here (both ways in)."""
+    assert fields_named(CLI_CASES) == set(CHECKED)
+    assert fields_named(HYDRA_CASES) == set(CHECKED)
 
 
-def test_every_checked_option_is_a_field_of_the_config_dataclass():
-    import dataclasses
+def config_fields():
+    from fairseq.optim.adam import FairseqAdamConfig
 
     from fairseq_xsam.fairseq.optimizer import XSAMAdamWConfig
 
-    names = {f.name for f in dataclasses.fields(XSAMAdamWConfig)}
-    assert set(FIELDS) <= names
-    defaults = {f.name: f.default for f in dataclasses.fields(XSAMAdamWConfig)}
-    validate({f: parse_text(f, defaults[f]) for f in FIELDS}, "cli")  # the defaults are valid
+    inherited = {f.name for f in dataclasses.fields(FairseqAdamConfig)}
+    return {f.name: f for f in dataclasses.fields(XSAMAdamWConfig) if f.name not in inherited}
+
+
+def test_the_config_dataclass_is_the_settings_table():
+    """xsam_adamw's own fields are the table's rows: names in order, defaults, help."""
+    fields = config_fields()
+    assert list(fields) == list(settings.NAMES)
+    for name, f in fields.items():
+        option = settings.BY_NAME[name]
+        assert f.default == option.config_default, name
+        assert f.metadata["help"] == settings.help_text(name, "cli")
+        assert "{" not in f.metadata["help"] and "}" not in f.metadata["help"], name
+    validate({f: parse_text(f, fields[f].default) for f in CHECKED}, "cli")  # defaults valid
+
+
+def test_pytorch_signature_is_the_settings_table():
+    """XSAM's keywords are the table's PyTorch options, keyword-only, with its defaults."""
+    params = inspect.signature(XSAM).parameters
+    options = [p for p in params.values() if p.kind == inspect.Parameter.KEYWORD_ONLY]
+    assert [p.name for p in options] == list(settings.PYTORCH)
+    assert {p.name: p.default for p in options} == {n: settings.DEFAULTS[n]
+                                                     for n in settings.PYTORCH}
+    assert set(settings.NAMES) - set(settings.PYTORCH) == {"sam_local_ascent"}  # DDP only
+
+
+def test_pytorch_class_and_xsam_adamw_have_the_same_default_for_every_shared_option():
+    """The issue's requirement, read off the two objects users see (not off the table): the
+    default of every XSAM keyword equals xsam_adamw's, in the value both use (the config holds
+    alpha_max as text). Fails if either side drifts from the other."""
+    fields = config_fields()
+    signature = inspect.signature(XSAM).parameters
+    shared = [name for name in signature if name in fields]
+    assert shared == list(settings.PYTORCH)
+    for name in shared:
+        pytorch, fairseq = signature[name].default, parse_text(name, fields[name].default)
+        assert (type(pytorch), pytorch) == (type(fairseq), fairseq), name
+    # the paper's IWSLT14 values (Chen & Zhou, ICLR 2026, appendix D.3)
+    assert (signature["rho"].default, signature["probe_rho"].default) == (0.15, 0.45)
+    assert (signature["alpha_max"].default, signature["alpha_step"].default) == (2.0, 0.1)
+
+
+def test_rules_read_only_options_checked_before_them():
+    """validate() runs the rules in table order: a rule may only read options above it."""
+    for i, option in enumerate(settings.OPTIONS):
+        above = set(settings.NAMES[:i])
+        for rule in option.rules:
+            assert set(rule.reads) <= above, (option.name, rule.reads)
+    for style in settings.STYLES:  # every help renders (no unknown {name})
+        for name in settings.NAMES:
+            assert "{" not in settings.help_text(name, style)
+
+
+def test_options_module_does_not_import_the_optimizer_module():
+    """No import cycle: optimizer.py imports options.py, never the other way round."""
+    tree = ast.parse((ROOT / "fairseq_xsam" / "fairseq" / "options.py").read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            imported.add("." * node.level + (node.module or ""))
+            imported.update(f"{'.' * node.level}{node.module or ''}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            imported.update(a.name for a in node.names)
+    assert not any("optimizer" in name for name in imported), imported
 
 
 @pytest.mark.parametrize("words,message", CLI_CASES, ids=[" ".join(c[0]) for c in CLI_CASES])
@@ -173,24 +241,20 @@ def test_fairseq_hydra_train_stops_when_the_config_is_composed(tmp_path):
 
 
 def python_kwargs(words):
-    """The XSAM keywords of a fairseq-train case (numbers as numbers, other text as text)."""
-    names = {rule.field: rule.kwarg for rule in RULES}
+    """The XSAM keywords of a fairseq-train case (numbers as numbers, other text as text): the
+    flag without dashes is the keyword."""
     kwargs = {}
     for flag, text in zip(words[::2], words[1::2]):
-        field = flag[2:].replace("-", "_")
-        if field == "sam_variant":
-            kwargs["variant"] = text
-        elif field == "alpha_search":
-            kwargs["search_every"] = text
-        elif field in ("ascent_steps", "alpha_expand_probes"):
-            kwargs[names[field]] = int(text) if text.isdigit() else text
-        elif field == "alpha_max" and text == "auto":
-            kwargs[names[field]] = text
+        name = flag[2:].replace("-", "_")
+        if settings.BY_NAME[name].type is int:
+            kwargs[name] = int(text) if text.isdigit() else text
+        elif name in ("sam_variant", "alpha_search") or text == "auto":
+            kwargs[name] = text
         else:
             try:
-                kwargs[names[field]] = float(text)
+                kwargs[name] = float(text)
             except ValueError:
-                kwargs[names[field]] = text
+                kwargs[name] = text
     return kwargs
 
 
@@ -205,12 +269,69 @@ def test_pytorch_xsam_raises_the_same_rule(words, message):
     assert isinstance(err.value, OptionError) and "\n" not in text
     option, rest = message[len("argument "):].split(": invalid value ", 1)
     value, allowed = rest.split(" (allowed: ", 1)
-    renames = (("--sam-variant", "variant"), ("--alpha-search", "search_every"),
-               ("--alpha-expand-probes", "alpha_expand_probes"), ("--alpha-max", "alpha_max"), ("--alpha-step", "alpha_step"),
-               ("--probe-rho", "probe_rho"), ("--asam-eta", "asam_eta"),
-               ("--ascent-steps", "ascent_steps"), ("--alpha", "alpha"), ("--rho", "rho"))
-    python_name, py_allowed = option, allowed
-    for flag, name in renames:  # longest flags first: --alpha-max before --alpha
-        python_name = name if python_name == flag else python_name
-        py_allowed = py_allowed.replace(flag, name)
+    py_allowed = allowed
+    for flag in sorted((settings.option_name(n, "cli") for n in settings.NAMES), key=len,
+                       reverse=True):  # longest flags first: --alpha-max before --alpha
+        py_allowed = py_allowed.replace(flag, flag[2:].replace("-", "_"))
+    python_name = option[2:].replace("-", "_")
     assert text == f"Invalid {python_name} value: {value} (allowed: {py_allowed}"
+
+
+# -- recipes/common.check_alpha_options: alpha's upper bound is the settings' --------------------
+
+def recipes_common():
+    spec = importlib.util.spec_from_file_location("recipes_common_for_options",
+                                                  ROOT / "recipes" / "common.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("opt,alpha,extra,error", [
+    ("fixed", 2.0, [], None),
+    ("fixed", 2.5, [], "argument --alpha: 2.5 (allowed: 0 <= alpha <= 2)"),
+    ("fixed", 3.0, ["--alpha-max", "auto"], None),  # auto: up to 2 + 40 x 0.1 = 6
+    ("fixed", 6.0, ["--max-update", "9", "--alpha-max", "auto"], None),
+    ("fixed", 6.5, ["--alpha-max", "auto"], "argument --alpha: 6.5 (allowed: 0 <= alpha <= 6)"),
+    ("xsam", 2.5, ["--alpha-max", "auto", "--alpha-expand-probes", "5"], None),
+    ("xsam", 2.6, ["--alpha-max", "auto", "--alpha-expand-probes", "5"],
+     "argument --alpha: 2.6 (allowed: 0 <= alpha <= 2.5)"),
+    ("fixed", 3.0, ["--alpha-max", "3"], None),
+    ("fixed", 3.0, ["--alpha-max", "auto", "--alpha-max", "2"],  # the last flag wins
+     "argument --alpha: 3.0 (allowed: 0 <= alpha <= 2)"),
+    ("fixed", 9.0, ["--alpha-max", "wide"], None),  # fairseq-train reports --alpha-max itself
+    ("fixed", -0.1, ["--alpha-max", "wide"], "argument --alpha: -0.1 (allowed: 0 <= alpha)"),
+    ("fixed", None, ["--alpha-max", "auto"], "OPT fixed needs --alpha A (0 <= A <= 6)"),
+])
+def test_recipe_alpha_check_follows_alpha_max_auto(opt, alpha, extra, error):
+    import argparse
+
+    class Stop(Exception):
+        pass
+
+    def fail(message):
+        raise Stop(message)
+
+    parser = argparse.ArgumentParser()
+    parser.error = fail
+    if error is None:
+        recipes_common().check_alpha_options(parser, opt, alpha, None, extra)
+    else:
+        with pytest.raises(Stop) as stop:
+            recipes_common().check_alpha_options(parser, opt, alpha, None, extra)
+        assert str(stop.value).startswith(error), str(stop.value)
+
+
+def test_recipe_train_accepts_an_alpha_that_alpha_max_auto_allows(capsys):
+    spec = importlib.util.spec_from_file_location(
+        "iwslt_recipe_for_options", ROOT / "recipes" / "iwslt14_de_en" / "recipe.py")
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    assert recipe.main(["train", "fixed", "--alpha", "3", "--cpu", "--dry-run", "--",
+                        "--alpha-max", "auto"]) == 0
+    words = capsys.readouterr().out.split()
+    assert words[words.index("--alpha") + 1] == "3.0" and words[-2:] == ["--alpha-max", "auto"]
+    with pytest.raises(SystemExit) as stop:
+        recipe.main(["train", "fixed", "--alpha", "3", "--cpu", "--dry-run"])
+    assert stop.value.code == 2
+    assert "argument --alpha: 3.0 (allowed: 0 <= alpha <= 2)" in capsys.readouterr().err

@@ -1,6 +1,13 @@
 """fairseq registration: ``--optimizer xsam_adamw``, the trainer hook that attaches the glue,
 the option checks and the checkpoint types for torch's safe loader.
 
+Importing this package registers them (:func:`register`): ``--user-dir fairseq_xsam`` imports
+``fairseq_xsam`` from inside fairseq, which then imports this package; so does any import of
+``fairseq_xsam.fairseq.*``. ``import fairseq_xsam`` alone, for the PyTorch class, neither
+imports nor patches fairseq. A process that imported ``fairseq_xsam`` before fairseq and then
+runs fairseq in-process with ``--user-dir fairseq_xsam`` (which fairseq skips for an
+already-imported package) registers with ``import fairseq_xsam.fairseq``.
+
 Two fairseq functions are wrapped, each named and idempotent: :func:`_patch_trainer` (after
 ``Trainer._build_optimizer`` it attaches :class:`~fairseq_xsam.fairseq.glue.TrainerGlue` when, and
 only when, the optimizer is ``xsam_adamw``) and
@@ -44,7 +51,7 @@ def _patch_trainer():
 def register():
     """Registers ``xsam_adamw`` and its checks (idempotent) and allows fairseq checkpoints for
     torch's safe loader (:mod:`fairseq_xsam.fairseq.checkpoints`)."""
-    from fairseq.optim import OPTIMIZER_REGISTRY
+    from fairseq.optim import OPTIMIZER_DATACLASS_REGISTRY, OPTIMIZER_REGISTRY
 
     from . import checkpoints, options
 
@@ -53,4 +60,7 @@ def register():
     if "xsam_adamw" not in OPTIMIZER_REGISTRY:
         from . import optimizer  # noqa: F401  (registers on import)
     _patch_trainer()
-    options.patch_merge_with_parent()
+    options.patch_merge_with_parent(OPTIMIZER_DATACLASS_REGISTRY["xsam_adamw"])
+
+
+register()

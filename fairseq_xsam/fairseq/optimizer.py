@@ -2,12 +2,12 @@
 
 The optimizer itself only holds state and takes the AdamW step; the extra passes over the
 update's batch are run by :mod:`fairseq_xsam.fairseq.glue`, which fairseq's trainer gets when it
-builds this optimizer. Options (one dataclass, so CLI, hydra configs and docs agree) are those of
-``--optimizer adam`` plus the ones below.
+builds this optimizer. Its options are those of ``--optimizer adam`` plus XSAM's: the config
+dataclass is generated from :data:`fairseq_xsam.settings.OPTIONS` (field, type, default, help),
+so the command line, the hydra configs, the README and the PyTorch class agree by construction.
 """
 
-
-from dataclasses import dataclass, field
+from dataclasses import field, make_dataclass
 from typing import Optional
 
 import torch
@@ -16,49 +16,27 @@ from fairseq.optim import FairseqOptimizer, register_optimizer
 from fairseq.optim.adam import Adam, FairseqAdam, FairseqAdamConfig
 from fairseq.optim.fused_adam import get_fused_adam_class
 
+from .. import settings
 from ..core import VARIANTS
 from ..optim import HYPERPARAMETERS as XSAM_KEYS, XSAM
-from ..settings import check
 from . import options
 
-SAM_VARIANT_CHOICES = ChoiceEnum(list(VARIANTS))  # argparse choices, checked by hydra too
+
+def _field_type(option: settings.Option):
+    if option.choices:
+        return ChoiceEnum(list(option.choices))  # argparse choices, checked by hydra too
+    return Optional[option.type] if option.default is None else option.type
 
 
-@dataclass
-class XSAMAdamWConfig(FairseqAdamConfig):
-    rho: float = field(default=0.15, metadata={
-        "help": "total ascent radius rho > 0 (paper, IWSLT14: 0.15); each ascent step moves rho/k"})
-    probe_rho: float = field(default=0.45, metadata={
-        "help": "probe radius rho' > 0 of the alpha search (paper, IWSLT14: 0.45; usually 2-3 rho)"})
-    ascent_steps: int = field(default=1, metadata={
-        "help": "ascent steps k >= 1; an update costs k+1 forward/backward passes"})
-    sam_variant: SAM_VARIANT_CHOICES = field(default="xsam", metadata={
-        "help": "descent direction: " + ", ".join(VARIANTS) + " (xsam searches alpha; fixed uses "
-                "--alpha; sam/msam/msam+/lsam/lsam+ are the paper's baselines)"})
-    alpha: float = field(default=1.0, metadata={
-        "help": "interpolation factor alpha in [0, --alpha-max] (auto: up to 2 + "
-                "--alpha-expand-probes x --alpha-step): fixed for --sam-variant fixed, "
-                "initial value for xsam (1 = SAM's direction, 0 = the ascent direction)"})
-    alpha_max: str = field(default="2.0", metadata={
-        "help": "largest alpha searched (> 0), or 'auto': search 0..2, then, while the loss "
-                "still rises, go on in steps of --alpha-step up to the direction opposite the "
-                "ascent (alpha*phi <= pi) and at most --alpha-expand-probes extra probes"})
-    alpha_step: float = field(default=0.1, metadata={
-        "help": "alpha grid step, 0 < step <= --alpha-max (0.1 and 2.0 give 21 probes)"})
-    alpha_expand_probes: int = field(default=40, metadata={
-        "help": "--alpha-max auto: the most extra probes (forward passes) past alpha = 2 per "
-                "search, >= 1 (40 with step 0.1 reach alpha = 6)"})
-    alpha_search: Optional[str] = field(default=None, metadata={
-        "help": "when to search alpha: 'epoch' (first update of every epoch; default for xsam), "
-                "'never' (default for the other variants), or N = every N updates"})
-    adaptive: bool = field(default=False, metadata={
-        "help": "ASAM's adaptive ascent: scale it element-wise by abs(w) + --asam-eta"})
-    asam_eta: float = field(default=0.01, metadata={"help": "eta of ASAM (>= 0)"})
-    sam_local_ascent: bool = field(default=False, metadata={
-        "help": "data parallel: each worker ascends along its own gradient (no all-reduce in the "
-                "ascent passes) and the workers' descent gradients are averaged once; probe losses "
-                "are still summed over workers, so all pick the same alpha. Default: every pass "
-                "is all-reduced, as the trainer's pass"})
+XSAMAdamWConfig = make_dataclass(
+    "XSAMAdamWConfig",
+    [(o.name, _field_type(o), field(default=o.config_default,
+                                     metadata={"help": settings.help_text(o.name, "cli")}))
+     for o in settings.OPTIONS],
+    bases=(FairseqAdamConfig,))
+XSAMAdamWConfig.__module__ = __name__
+XSAMAdamWConfig.__doc__ = ("``--optimizer xsam_adamw``'s config: FairseqAdamConfig's fields and "
+                           "one per row of fairseq_xsam.settings.OPTIONS.")
 
 
 @register_optimizer("xsam_adamw", dataclass=XSAMAdamWConfig)
@@ -78,27 +56,19 @@ class XSAMAdamW(FairseqOptimizer):
         options.check_while_parsing(parser)
 
     def __init__(self, cfg: XSAMAdamWConfig, params):
+        """``cfg``'s options were checked where they came in (:mod:`fairseq_xsam.fairseq.options`:
+        fairseq-train's command line, or the config fairseq-hydra-train merges into
+        :class:`XSAMAdamWConfig`), so they are not checked again here nor by ``XSAM``."""
         super().__init__(cfg)
-        variant = str(cfg.sam_variant)  # a fairseq ChoiceEnum member in a merged config
-        self.schedule = check(rho=cfg.rho, probe_rho=cfg.probe_rho,
-                              ascent_steps=cfg.ascent_steps, variant=variant,
-                              alpha=cfg.alpha, alpha_max=cfg.alpha_max,
-                              alpha_step=cfg.alpha_step, search=cfg.alpha_search,
-                              adaptive=cfg.adaptive, asam_eta=cfg.asam_eta,
-                              alpha_expand_probes=cfg.alpha_expand_probes, cli=True)
         if getattr(cfg, "fp16_adam_stats", False):
             raise ValueError("--fp16-adam-stats is not supported by --optimizer xsam_adamw "
                              "(allowed: leave it off)")
         fused = get_fused_adam_class()
         base = fused if (fused is not None and torch.cuda.is_available()
                          and not cfg.use_old_adam and not cfg.tpu) else Adam
-        self._optimizer = XSAM(
-            params, base, rho=cfg.rho, probe_rho=cfg.probe_rho, ascent_steps=cfg.ascent_steps,
-            variant=variant, alpha=cfg.alpha, alpha_max=cfg.alpha_max,
-            alpha_step=cfg.alpha_step, search_every=self.schedule, adaptive=cfg.adaptive,
-            asam_eta=cfg.asam_eta, alpha_expand_probes=cfg.alpha_expand_probes,
-            **self.optimizer_config)
-        self._optimizer.cli_names = True
+        values = settings.resolve({name: getattr(cfg, name) for name in settings.PYTORCH}, "cli")
+        self._optimizer = XSAM.from_checked(params, base, values, **self.optimizer_config)
+        self._optimizer.option_style = "cli"
 
     optimizer_config = FairseqAdam.optimizer_config
 

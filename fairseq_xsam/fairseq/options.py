@@ -1,7 +1,7 @@
 """``xsam_adamw``'s options checked where fairseq reads them, before any data is loaded.
 
-The rules are :data:`fairseq_xsam.settings.RULES` (one table, one wording); this module only
-connects them to fairseq's two ways in:
+The rules are those of :data:`fairseq_xsam.settings.OPTIONS` (one table, one wording); this
+module only connects them to fairseq's two ways in, each checked once where its values come in:
 
 - ``fairseq-train`` (and every tool using ``options.parse_args_and_arch``):
   :func:`check_while_parsing` runs from ``XSAMAdamW.add_args``, i.e. only when the command line
@@ -14,27 +14,26 @@ connects them to fairseq's two ways in:
   merge_with_parent``. :func:`patch_merge_with_parent` checks the values there, for this
   dataclass only: ``fairseq-hydra-train: error: optimizer.rho: invalid value -1.0 (allowed:
   optimizer.rho > 0)``, exit status 2. Called from Python outside a hydra job, the same check
-  raises :class:`~fairseq_xsam.settings.OptionError` (a ``ValueError``).
+  raises :class:`~fairseq_xsam.settings.OptionError` (a ``ValueError``). fairseq-train runs
+  ``add_defaults`` too, so its command line, checked while parsing, passes this check a second
+  time (a merge cannot tell a parsed command line from a composed config). fairseq's
+  ``build_optimizer`` merges with the function it imported, which is not wrapped.
+
+``XSAMAdamW`` and the ``XSAM`` it builds take the checked values as they are. This module imports
+nothing of :mod:`.optimizer` (which imports it): :func:`patch_merge_with_parent` is given the
+config class.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import os
 import sys
 
-from ..settings import FIELDS, OptionError, option_name, parse_text, validate
+from ..settings import CHECKED, DEFAULTS, OptionError, option_name, parse_text, validate
 
-_CLI_PREFIXES = tuple(f"argument {option_name(field, 'cli')}:" for field in FIELDS)
-
-
-def _defaults() -> dict:
-    from .optimizer import XSAMAdamWConfig
-
-    return {f.name: parse_text(f.name, f.default)  # a default may be text (--alpha-max "2.0")
-            for f in dataclasses.fields(XSAMAdamWConfig) if f.name in FIELDS}
+_CLI_PREFIXES = tuple(f"argument {option_name(name, 'cli')}:" for name in CHECKED)
 
 
 def _text_type(field: str):
@@ -55,7 +54,7 @@ def check_while_parsing(parser: argparse.ArgumentParser) -> None:
     Idempotent; other options and errors are left to argparse and fairseq.
     """
     for action in parser._actions:
-        if action.dest in FIELDS and action.type is not None and not action.choices:
+        if action.dest in CHECKED and action.type is not None and not action.choices:
             action.type = _text_type(action.dest)
     if getattr(parser, "_xsam_checks", False):
         return
@@ -65,9 +64,9 @@ def check_while_parsing(parser: argparse.ArgumentParser) -> None:
     def checked_parse_known_args(args=None, namespace=None):
         namespace, extra = parse_known_args(args, namespace)
         if getattr(namespace, "optimizer", None) == "xsam_adamw":
-            given = {f: getattr(namespace, f) for f in FIELDS if hasattr(namespace, f)}
+            given = {f: getattr(namespace, f) for f in CHECKED if hasattr(namespace, f)}
             try:
-                validate({**_defaults(), **given}, "cli")
+                validate({**DEFAULTS, **given}, "cli")
             except OptionError as err:
                 parser.error(str(err))
         return namespace, extra
@@ -83,18 +82,19 @@ def check_while_parsing(parser: argparse.ArgumentParser) -> None:
 
 def check_config(cfg) -> dict:
     """Checks an ``optimizer`` config (DictConfig, dict or Namespace) holding xsam_adamw's
-    fields; missing ones take the dataclass defaults. Returns the checked values."""
+    fields; missing ones take the defaults (:data:`fairseq_xsam.settings.DEFAULTS`). Returns the
+    checked values."""
     def get(field):
         if isinstance(cfg, argparse.Namespace):
             return getattr(cfg, field)
         return cfg.get(field) if hasattr(cfg, "get") else getattr(cfg, field)
 
-    present = [f for f in FIELDS if (hasattr(cfg, f) if isinstance(cfg, argparse.Namespace)
+    present = [f for f in CHECKED if (hasattr(cfg, f) if isinstance(cfg, argparse.Namespace)
                                      else f in cfg)]
     given = {f: parse_text(f, get(f)) for f in present}
     if "sam_variant" in given:
         given["sam_variant"] = str(given["sam_variant"])  # a ChoiceEnum member once merged
-    return validate({**_defaults(), **given}, "hydra")
+    return validate({**DEFAULTS, **given}, "hydra")
 
 
 def _in_hydra_job() -> bool:
@@ -105,20 +105,20 @@ def _in_hydra_job() -> bool:
     return HydraConfig.initialized()
 
 
-def patch_merge_with_parent() -> None:
+def patch_merge_with_parent(config_class: type) -> None:
     """Wraps ``fairseq.dataclass.utils.merge_with_parent`` to run :func:`check_config` before
-    a config is merged into ``XSAMAdamWConfig`` (idempotent; other dataclasses untouched)."""
+    a config is merged into ``config_class`` (xsam_adamw's dataclass; idempotent; other
+    dataclasses untouched)."""
     from fairseq.dataclass import utils
 
     merge = utils.merge_with_parent
     if getattr(merge, "_xsam_patched", False):
         return
-    from .optimizer import XSAMAdamWConfig
 
     @functools.wraps(merge)
     def merge_with_parent(dc, cfg, *args, **kwargs):
-        is_xsam = (isinstance(dc, XSAMAdamWConfig)
-                   or (isinstance(dc, type) and issubclass(dc, XSAMAdamWConfig)))
+        is_xsam = (isinstance(dc, config_class)
+                   or (isinstance(dc, type) and issubclass(dc, config_class)))
         if is_xsam:
             try:
                 check_config(cfg)

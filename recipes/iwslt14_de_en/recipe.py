@@ -192,7 +192,7 @@ def train_main(argv: Sequence[str]) -> int:
     own, extra = common.split_extra(argv)
     parser = train_parser()
     args = parser.parse_args(own)
-    common.check_alpha_options(parser, args.opt, args.alpha, args.alpha_search)
+    common.check_alpha_options(parser, args.opt, args.alpha, args.alpha_search, extra)
     keep = args.keep_last_epochs or 10
     if args.average_last and args.average_last > keep:
         parser.error(f"argument --average-last: {args.average_last} (allowed: <= "

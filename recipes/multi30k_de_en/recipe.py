@@ -330,7 +330,7 @@ def train_args(argv: Sequence[str]):
     own, extra = common.split_extra(argv)
     parser = train_parser()
     args = parser.parse_args(own)
-    common.check_alpha_options(parser, args.opt, args.alpha, args.alpha_search)
+    common.check_alpha_options(parser, args.opt, args.alpha, args.alpha_search, extra)
     try:
         label = check_label(args.label or args.opt)
         settings = train_settings(
