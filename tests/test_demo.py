@@ -56,6 +56,12 @@ def test_quick_demo_runs_the_recipe_end_to_end(tmp_path):
     assert "## Paired bootstrap test (sacreBLEU)" in report
     assert len(re.findall(r"^\| xsam vs (sam|adamw) \| 1 \| test20", report, flags=re.M)) == 6
     assert "Rescored: 9 hypothesis files against the raw references (9 equal" in report
+    # SAM and XSAM train at the rho the study chose on its validation set (committed sweep)
+    for opt, rho in (("sam", "0.1"), ("xsam", "0.05")):
+        command = (out / "runs" / f"{opt}-seed1" / "command.txt").read_text().split()
+        assert command[command.index("--rho") + 1] == rho, opt
+    study = report[report.index("## Beside it: the converged study"):]
+    assert re.search(r"^\| xsam \| 0\.05 \| 39\.22 ± 0\.46 \(n=3\) \|", study, flags=re.M)
     assert "## Flatness" in report and "## Cost" in report and "Total demo wall-clock" in report
     # the recipe skips a finished run instead of training it again
     again = subprocess.run(["bash", str(ROOT / "recipes" / "multi30k_de_en" / "train.sh"), "xsam",

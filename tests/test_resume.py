@@ -1,6 +1,7 @@
 """Interrupted training: SIGKILL right after a checkpoint, resume, and the rest of the run is
 bit-for-bit the run that was never interrupted (losses, gradient norms, α searches, weights)."""
 
+import functools
 import os
 import re
 import signal
@@ -17,12 +18,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMING = re.compile(r"(wps|ups|wall|train_wall|gb_free)=[^,\s]+,?\s?")
 
 
-def command(data, save_dir, extra=()):
+#: the task, model and criterion of the run (test_tasks.py passes others)
+TRANSLATION = ["--task", "translation", *TINY_ARCH, "--criterion",
+               "label_smoothed_cross_entropy", "--label-smoothing", "0.1", "--max-tokens", "500"]
+
+
+def _command(data, save_dir, extra=(), base=TRANSLATION):
     return [sys.executable, os.path.join(ROOT, "tests", "pause_worker.py"), data,
-            "--user-dir", os.path.join(ROOT, "fairseq_xsam"), "--task", "translation", "--cpu",
-            *TINY_ARCH, "--optimizer", "xsam_adamw", "--alpha-search", "3", "--lr", "2e-3",
-            "--dropout", "0.1", "--criterion", "label_smoothed_cross_entropy",
-            "--label-smoothing", "0.1", "--max-tokens", "500", "--seed", "3", "--max-epoch", "4",
+            "--user-dir", os.path.join(ROOT, "fairseq_xsam"), "--cpu", *base,
+            "--optimizer", "xsam_adamw", "--alpha-search", "3", "--lr", "2e-3",
+            "--dropout", "0.1", "--seed", "3", "--max-update", "16", "--max-epoch", "100",
             "--save-dir", save_dir, "--save-interval-updates", "2", "--no-progress-bar",
             "--log-format", "simple", "--log-interval", "1", "--num-workers", "0", *extra]
 
@@ -42,11 +47,14 @@ def test_sigkill_after_a_checkpoint_then_resume_is_bit_exact(tmp_path):
     sigkill_then_resume_is_bit_exact(tmp_path)
 
 
-def sigkill_then_resume_is_bit_exact(tmp_path, extra=(), before_resume=None):
+def sigkill_then_resume_is_bit_exact(tmp_path, extra=(), before_resume=None, data=None,
+                                     base=TRANSLATION):
     """Runs the check with ``extra`` fairseq-train options (``before_resume(save_dir)`` may edit
-    the killed run's checkpoint); returns the uninterrupted run's per-update lines and α
-    searches (see :func:`per_update`)."""
-    data = make_corpus(str(tmp_path / "corpus"))
+    the killed run's checkpoint) on ``data`` (default: the synthetic corpus) with the task,
+    model and criterion options ``base``; returns the uninterrupted run's per-update lines and
+    α searches (see :func:`per_update`)."""
+    data = data or make_corpus(str(tmp_path / "corpus"))
+    command = functools.partial(_command, base=base)
     env = {k: v for k, v in os.environ.items() if k != "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"}
     env.update(OMP_NUM_THREADS="1", XSAM_PAUSE_AT="-1",
                XSAM_PAUSE_MARKER=str(tmp_path / "paused"))

@@ -10,7 +10,10 @@ all-reduces and normalises the gradients, calls :meth:`Trainer.clip_grad_norm`, 
 3. at ``clip_grad_norm`` — gradients reduced and normalised, not yet clipped — runs the XSAM
    passes (:func:`fairseq_xsam.core.sharpness_update`): each extra gradient replays all
    micro-batches through the task's own ``train_step`` with the trainer's ``no_sync`` pattern,
-   all-reduce and factor; each probe replays them forward-only; then it leaves the descent
+   all-reduce and factor; each probe replays them forward-only through the same ``train_step``
+   (:func:`forward_only`: its ``optimizer.backward(loss)`` adds the loss up instead of
+   differentiating it, so a task that sums several losses, e.g. one per language pair, is
+   probed on the same sum); then it leaves the descent
    gradient where the trainer's gradient was, in the units the trainer expects, and lets the
    trainer clip it (so ``--clip-norm`` applies to the descent gradient) and step.
 
@@ -42,7 +45,6 @@ from fairseq import distributed_utils, utils
 from fairseq.logging import metrics
 from fairseq.optim.amp_optimizer import AMPOptimizer
 from fairseq.optim.fp16_optimizer import FP16Optimizer
-from fairseq.tasks import FairseqTask
 
 from .. import core
 
@@ -53,6 +55,51 @@ logger = logging.getLogger(__name__)
 EDGE_NOTES = {core.EDGE_GRID: " [at the grid's edge]",
               core.EDGE_PROBES: " [at the grid's edge: --alpha-expand-probes used up]",
               core.EDGE_OPPOSITE: " [at the grid's edge: alpha*phi reached pi]"}
+
+
+#: Tasks whose ``train_step`` cannot be replayed: it depends on more than the batch, the weights
+#: and the random state. Named by class, so that checking needs no import of the task.
+NOT_REPLAYABLE = {
+    "OnlineBackTranslationTask": "generates its back-translations with the model inside "
+                                 "train_step, so a replay at the moved weights would train on "
+                                 "other sentences than the trainer's pass",
+}
+
+
+class _ForwardOnly:
+    """The optimizer a probe hands to ``task.train_step``: ``backward(loss)`` adds the (unscaled)
+    loss to :attr:`total` instead of differentiating it. Built by :func:`forward_only` as a
+    subclass of the trainer's optimizer class with a copy of its attributes, so the task sees the
+    optimizer it expects (``FairseqTask.train_step`` turns autocast on for an ``AMPOptimizer``)."""
+
+    total = None
+
+    def backward(self, loss):
+        loss = loss.detach().float()
+        self.total = loss if self.total is None else self.total + loss
+
+
+_FORWARD_ONLY_TYPES: dict = {}
+
+
+def forward_only(wrapper) -> _ForwardOnly:
+    """A :class:`_ForwardOnly` stand-in for ``wrapper`` (the trainer's optimizer)."""
+    cls = _FORWARD_ONLY_TYPES.get(type(wrapper))
+    if cls is None:
+        cls = type(f"ForwardOnly{type(wrapper).__name__}", (_ForwardOnly, type(wrapper)), {})
+        _FORWARD_ONLY_TYPES[type(wrapper)] = cls
+    stand_in = object.__new__(cls)
+    stand_in.__dict__.update(vars(wrapper))
+    stand_in.total = None
+    return stand_in
+
+
+def replay_refusal(task) -> str:
+    """Why ``task``'s train_step cannot be replayed, or '' when it can."""
+    for cls in type(task).__mro__:
+        if cls.__name__ in NOT_REPLAYABLE:
+            return NOT_REPLAYABLE[cls.__name__]
+    return ""
 
 
 @dataclass
@@ -151,11 +198,13 @@ class TrainerGlue:
         if cfg.common.tpu:
             raise ValueError("--tpu is not supported by --optimizer xsam_adamw (allowed: GPU/CPU)")
         task = trainer.task
-        if type(task).train_step is not FairseqTask.train_step:
+        refusal = replay_refusal(task)
+        if refusal:
             raise ValueError(
-                f"--optimizer xsam_adamw replays the update's batch through FairseqTask.train_step,"
-                f" but task {type(task).__name__} overrides train_step (allowed: tasks using the "
-                "base train_step, e.g. --task translation)")
+                f"--optimizer xsam_adamw replays the update's batch through task.train_step, but "
+                f"task {type(task).__name__} {refusal} (allowed: tasks whose train_step depends "
+                "only on the batch, the weights and the random state, e.g. translation, "
+                "multilingual_translation, translation_lev, masked_lm, sentence_prediction)")
         self._train_step = task.train_step
         task.train_step = self._record
         self._task_begin_epoch = task.begin_epoch
@@ -222,7 +271,7 @@ class TrainerGlue:
             raise RuntimeError(
                 "--optimizer xsam_adamw: this update's forward/backward passes did not go through "
                 "task.train_step and trainer.train_step, so XSAM cannot replay the batch "
-                "(allowed: fairseq's Trainer with a task using FairseqTask.train_step)")
+                "(allowed: fairseq's Trainer calling task.train_step for every micro-batch)")
         try:
             self.sharpness()
         finally:
@@ -314,19 +363,21 @@ class TrainerGlue:
         self.precision.to_true_units(self.factor)
 
     def _loss(self) -> torch.Tensor:
-        """L at the current parameters, forward only, normalised like the gradient."""
+        """L at the current parameters, normalised like the gradient: every micro-batch replayed
+        forward-only through the task's own train_step (:func:`forward_only`), so the loss is
+        the one whose gradient the gradient passes take (the task's sum, its ignore_grad)."""
         trainer = self.trainer
-        amp = self.precision.mode == "amp"
-        total = None
+        stand_in = forward_only(trainer._optimizer)
         for m in self.micro:
             utils.set_rng_state(m.rng)
-            # the autocast of FairseqTask.train_step: CUDA only, on under --amp
-            with torch.no_grad(), torch.autocast(
-                    device_type="cuda", enabled=amp and torch.cuda.is_available()):
-                trainer.model.train()
-                loss, _, _ = trainer.criterion(trainer.model, m.sample)
-            loss = loss.detach().float() * (0.0 if m.ignore_grad else 1.0)
-            total = loss if total is None else total + loss
+            with torch.no_grad():
+                self._train_step(m.sample, trainer.model, trainer.criterion, stand_in,
+                                 m.update_num, ignore_grad=m.ignore_grad, **m.kwargs)
+        total = stand_in.total
+        if total is None:
+            raise RuntimeError(f"--optimizer xsam_adamw: task {type(trainer.task).__name__}'s "
+                               "train_step never called optimizer.backward(loss), so XSAM "
+                               "cannot probe its loss (allowed: tasks that do)")
         if trainer.data_parallel_world_size > 1:
             total = distributed_utils.all_reduce(total, group=trainer.data_parallel_process_group)
         factor = self.factor / trainer.data_parallel_world_size
