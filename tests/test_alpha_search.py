@@ -134,8 +134,7 @@ def test_two_processes_agree_on_the_expanded_alpha(tmp_path, local):
     _, (r0, r1) = run_two_ranks(
         tmp_path, data, ["--ddp-backend", "legacy_ddp", "--alpha-search", "3", "--dropout",
                          "0.1", "--max-epoch", "2", "--alpha-max", "auto", "--probe-rho", "2.0",
-                         *(["--sam-local-ascent"] if local else [])],
-        port=29531 + 2 * int(local))
+                         *(["--sam-local-ascent"] if local else [])])
     assert_ranks_agree(r0, r1, searches=2)  # searches at updates 1 and 4
     assert max(r0["alpha"]) > 2.0, r0["alpha"]  # the search really went past the grid
 

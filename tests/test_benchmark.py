@@ -12,10 +12,19 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def corpus(tmp_path):
+    """The benchmark's synthetic corpus, made here so that no temporary folder is left behind
+    (without --data the script makes one of its own and keeps it)."""
+    from fairseq_helpers import make_corpus
+
+    return make_corpus(str(tmp_path / "corpus"), n_train=400)
+
+
 def test_benchmark_prints_its_tables(tmp_path):
     out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"),
                           "--device", "cpu", "--updates", "3", "--warmup", "1", "--threads", "1",
-                          "--profile", "2", "--profile-trace", str(tmp_path)],
+                          "--profile", "2", "--profile-trace", str(tmp_path),
+                          "--data", corpus(tmp_path)],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     text = out.stdout
@@ -35,10 +44,15 @@ def test_benchmark_prints_its_tables(tmp_path):
     assert "aten::" in text
 
 
-def test_benchmark_without_the_every_update_search_prices_the_search_from_xsam_itself(tmp_path):
+def test_smoke_benchmark_without_the_every_update_search_reports_the_search_from_xsam(tmp_path):
+    """A smoke test of the report, not of a measurement: without the every-update run the
+    search's price is taken from XSAM's own rounds. The ratios are recomputed here from the
+    script's own JSON with the script's formulas (docs/performance.md), so this checks the report's
+    wiring (which rounds feed which ratio), not that the timings are right."""
     out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"),
                           "--device", "cpu", "--updates", "3", "--warmup", "0", "--threads", "1",
-                          "--no-search-every-update", "--json", str(tmp_path / "t.json")],
+                          "--no-search-every-update", "--json", str(tmp_path / "t.json"),
+                          "--data", corpus(tmp_path)],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "| xsam-search-every-update |" not in out.stdout

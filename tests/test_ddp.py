@@ -1,7 +1,16 @@
-"""Two CPU processes (torchrun + gloo; --ddp-backend legacy_ddp and c10d): every rank picks the
-same α and the parameters stay identical, across several searches and fairseq's dummy batches;
-with --sam-local-ascent each worker ascends on its own shard and the descent gradients are
-averaged."""
+"""Two CPU processes (torchrun + gloo; --ddp-backend legacy_ddp and c10d).
+
+* Synchronised ascent (the default): rank 0's α, probe losses and parameters equal those of ONE
+  process with ``--update-freq 2`` on the same sentences, update for update, including the last
+  update of each epoch, where the shards are uneven and rank 1 only has fairseq's dummy batch
+  (``ignore_grad``); a glue whose replay ignores ``ignore_grad`` fails that comparison, from the
+  first dummy update on. The ranks also agree bit for bit across several searches.
+* ``--sam-local-ascent``: each worker ascends on its own shard and the descent gradients are
+  averaged (against a per-worker reference written with autograd).
+
+torchrun runs with ``--standalone``: its rendezvous binds a free port chosen at run time, so two
+checkouts or a leftover process cannot collide on a fixed port; its logs go under tmp_path.
+"""
 
 import json
 import math
@@ -17,46 +26,150 @@ from fairseq_helpers import TINY_ARCH, make_corpus
 from fairseq_xsam.fairseq.harness import build_trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER = os.path.join(ROOT, "tests", "ddp_worker.py")
 
 
-def run_two_ranks(tmp_path, data, extra, dump_update=0, port=29517, env_extra=None, check=True):
-    out = tmp_path / "ranks"
+def fairseq_command(data, save_dir, extra):
+    return [data, "--user-dir", os.path.join(ROOT, "fairseq_xsam"), "--task", "translation",
+            "--cpu", *TINY_ARCH, "--optimizer", "xsam_adamw", "--lr", "3e-3",
+            "--max-tokens", "330", "--save-dir", str(save_dir), "--no-save",
+            "--no-progress-bar", "--num-workers", "0", "--seed", "5", *extra]
+
+
+def run_ranks(tmp_path, data, extra, nproc=2, dump_update=0, env_extra=None, check=True):
+    """tests/ddp_worker.py under torchrun with ``nproc`` ranks (gloo), or, for nproc=0, as one
+    plain fairseq-train process. Returns (folder, [records of each rank]) or, unchecked, the
+    completed process."""
+    out = tmp_path / ("ranks" if nproc else "single")
     out.mkdir()
-    cmd = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--nproc_per_node", "2",
-           "--master_port", str(port), os.path.join(ROOT, "tests", "ddp_worker.py"), data,
-           "--user-dir", os.path.join(ROOT, "fairseq_xsam"), "--task", "translation", "--cpu",
-           "--distributed-backend", "gloo", *TINY_ARCH,
-           "--optimizer", "xsam_adamw", "--lr", "3e-3", "--max-tokens", "330",
-           "--update-freq", "2", "--save-dir", str(tmp_path / "ck"), "--no-save",
-           "--no-progress-bar", "--num-workers", "0", "--seed", "5", *extra]
-    env = dict(os.environ, XSAM_DDP_OUT=str(out), XSAM_DDP_DUMP=str(dump_update),
-               OMP_NUM_THREADS="1", **(env_extra or {}))
+    args = fairseq_command(data, tmp_path / "ck", extra)
+    if nproc:
+        # --log-dir: torchrun's own logs go under tmp_path, not into a new /tmp/torchelastic_*
+        cmd = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--standalone",
+               "--nproc_per_node", str(nproc), "--log-dir", str(tmp_path / "torchrun"), WORKER,
+               *args, "--distributed-backend", "gloo"]
+    else:
+        cmd = [sys.executable, WORKER, *args]
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK")}
+    env.update(XSAM_DDP_OUT=str(out), XSAM_DDP_DUMP=str(dump_update), OMP_NUM_THREADS="1",
+               **(env_extra or {}))
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400)
     if not check:
         return run
     assert run.returncode == 0, run.stderr[-4000:]
-    return out, [json.load(open(out / f"rank{r}.json")) for r in (0, 1)]
+    return out, [json.load(open(out / f"rank{r}.json")) for r in range(max(nproc, 1))]
+
+
+def run_two_ranks(tmp_path, data, extra, dump_update=0, env_extra=None, check=True):
+    """Two ranks, each with ``--update-freq 2`` unless ``extra`` says otherwise."""
+    return run_ranks(tmp_path, data, ["--update-freq", "2", *extra], 2, dump_update, env_extra,
+                     check)
 
 
 def assert_ranks_agree(r0, r1, searches):
     assert len(r0["digest"]) == len(r1["digest"]) >= 3 * searches - 2
-    assert r0["dummy"] + r1["dummy"] > 0  # uneven shards: dummy batches were replayed too
+    # uneven shards: some update had a dummy batch (what its replay computes is compared with one
+    # process in test_synchronised_ranks_equal_one_process_with_update_freq_two)
+    assert r0["dummy"] + r1["dummy"] > 0
     assert r0["alpha"] == r1["alpha"]
     assert r0["digest"] == r1["digest"]
     assert len(set(r0["digest"])) == len(r0["digest"])  # the parameters really moved
 
 
-BACKENDS = pytest.mark.parametrize("backend,port", [("legacy_ddp", 29517), ("c10d", 29521)])
+BACKENDS = pytest.mark.parametrize("backend", ["legacy_ddp", "c10d"])
 
 
 @BACKENDS
-def test_two_processes_agree_on_alpha_and_parameters(tmp_path, backend, port):
+def test_two_processes_agree_on_alpha_and_parameters(tmp_path, backend):
     # 201 sentences: the last batch of each epoch exists on one rank only (a dummy on the other)
     data = make_corpus(str(tmp_path / "corpus"), n_train=201)
     _, (r0, r1) = run_two_ranks(tmp_path, data, ["--ddp-backend", backend, "--alpha-search", "3",
-                                                 "--dropout", "0.1", "--max-epoch", "4"],
-                                port=port)
+                                                 "--dropout", "0.1", "--max-epoch", "4"])
     assert_ranks_agree(r0, r1, searches=3)  # searches at updates 1, 4, 7
+
+
+# -- synchronised ascent against one process ----------------------------------------------------
+
+# a search on every update (the dummy updates included), α inside the grid, no dropout (the ranks
+# draw from the same seed, one process from one stream)
+EQUIVALENCE = ["--alpha-search", "1", "--rho", "0.3", "--probe-rho", "0.3", "--dropout", "0.0",
+               "--max-epoch", "2"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    # 201 sentences at --max-tokens 330: an odd number of batches, so the last update of each
+    # epoch has a batch on rank 0 and fairseq's dummy batch on rank 1
+    return make_corpus(str(tmp_path_factory.mktemp("corpus")), n_train=201)
+
+
+@pytest.fixture(scope="module")
+def one_process(corpus, tmp_path_factory):
+    """One process, --update-freq 2: micro-batches 2i and 2i+1 of the epoch's batch order are the
+    ones ranks 0 and 1 get at update i; the last update of an epoch has one micro-batch."""
+    out, (one,) = run_ranks(tmp_path_factory.mktemp("one"), corpus,
+                            ["--update-freq", "2", *EQUIVALENCE], nproc=0)
+    return one, torch.load(out / "params0.pt")
+
+
+def mismatches(ddp, ddp_params, one, one_params):
+    """Per update: None if rank 0's update equals the one process's (α, probe losses, Δθ to
+    round-off), else what differs."""
+    out = []
+    for i in range(len(one["alpha"])):
+        bad = []
+        if ddp["alpha"][i] != one["alpha"][i]:
+            bad.append(f"alpha {ddp['alpha'][i]} != {one['alpha'][i]}")
+        got, ref = torch.tensor(ddp["probes"][i]), torch.tensor(one["probes"][i])
+        if not torch.allclose(got, ref, rtol=1e-5, atol=0):
+            bad.append(f"probe losses differ by {float((got - ref).abs().max()):.2e}")
+        step, ref_step = ddp_params[i + 1] - ddp_params[i], one_params[i + 1] - one_params[i]
+        rel = float((step - ref_step).norm() / ref_step.norm())
+        if rel > 1e-4:
+            bad.append(f"update differs by {rel:.2e} (relative)")
+        out.append(", ".join(bad) or None)
+    return out
+
+
+def run_against_one_process(tmp_path, corpus, backend, env_extra=None):
+    out, (r0, r1) = run_ranks(tmp_path, corpus, ["--ddp-backend", backend, "--update-freq", "1",
+                                                 *EQUIVALENCE], env_extra=env_extra)
+    return out, r0, r1
+
+
+@BACKENDS
+def test_synchronised_ranks_equal_one_process_with_update_freq_two(tmp_path, corpus,
+                                                                   one_process, backend):
+    one, one_params = one_process
+    out, r0, r1 = run_against_one_process(tmp_path, corpus, backend)
+    ddp_params = torch.load(out / "params0.pt")
+    n = len(one["alpha"])
+    assert len(r0["alpha"]) == n and len(ddp_params) == len(one_params) == n + 1
+    assert torch.equal(ddp_params[0], one_params[0])  # the same initial weights
+    # the updates whose rank 1 had only a dummy batch: the last of each epoch, searched
+    dummies = [i for i, flags in enumerate(r1["micro_dummy"]) if flags == [True]]
+    assert len(dummies) == 2 and dummies[-1] == n - 1, r1["micro_dummy"]
+    assert all(one["micro_dummy"][i] == [False] for i in dummies)  # one micro-batch there
+    assert all(len(one["probes"][i]) == 21 for i in range(n))  # every update searched
+    assert mismatches(r0, ddp_params, one, one_params) == [None] * n
+    assert 0.0 < min(one["alpha"]) and max(one["alpha"]) < 2.0  # α inside the grid
+    assert r0["alpha"] == r1["alpha"] and r0["digest"] == r1["digest"]
+
+
+def test_a_replay_ignoring_ignore_grad_fails_the_one_process_comparison(tmp_path, corpus,
+                                                                        one_process):
+    """The mutation check of the test above: count the dummy batch's gradient in the replay."""
+    one, one_params = one_process
+    out, r0, r1 = run_against_one_process(tmp_path, corpus, "legacy_ddp",
+                                          {"XSAM_DDP_MUTATE": "ignore_grad"})
+    found = mismatches(r0, torch.load(out / "params0.pt"), one, one_params)
+    first_dummy = [flags for flags in r1["micro_dummy"]].index([True])
+    assert found[:first_dummy] == [None] * first_dummy  # equal until the first dummy update
+    assert found[first_dummy] is not None and "update differs" in found[first_dummy], found
+
+
+# -- local ascent --------------------------------------------------------------------------------
 
 
 def local_reference(model, criterion, dump, rho):
@@ -88,13 +201,13 @@ def local_reference(model, criterion, dump, rho):
 
 
 @BACKENDS
-def test_local_ascent_averages_per_worker_xsam_gradients(tmp_path, backend, port):
+def test_local_ascent_averages_per_worker_xsam_gradients(tmp_path, backend):
     data = make_corpus(str(tmp_path / "corpus"), n_train=201)
     # update 3: after the search at update 1, so α is the searched one (and not 1); update 2
     # is the end of epoch 1, where one rank only has a dummy batch (g_0 = 0)
     out, (r0, r1) = run_two_ranks(
         tmp_path, data, ["--ddp-backend", backend, "--sam-local-ascent", "--alpha-search", "3",
-                         "--dropout", "0.0", "--max-epoch", "2"], dump_update=3, port=port + 2)
+                         "--dropout", "0.0", "--max-epoch", "2"], dump_update=3)
     assert_ranks_agree(r0, r1, searches=2)
     dumps = [torch.load(out / f"dump{r}.pt") for r in (0, 1)]  # tensors and numbers only
     assert dumps[0]["alpha"] == dumps[1]["alpha"] != 1.0
@@ -120,7 +233,7 @@ def test_local_ascent_averages_per_worker_xsam_gradients(tmp_path, backend, port
 def test_local_ascent_refuses_unshared_expert_parameters(tmp_path):
     data = make_corpus(str(tmp_path / "corpus"), n_train=201)
     run = run_two_ranks(tmp_path, data, ["--ddp-backend", "legacy_ddp", "--sam-local-ascent",
-                                         "--max-epoch", "1"], port=29525,
+                                         "--max-epoch", "1"],
                         env_extra={"XSAM_DDP_EXPERT": "1"}, check=False)
     assert run.returncode != 0
     assert "--sam-local-ascent averages every gradient over the workers, but this model has " \

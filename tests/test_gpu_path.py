@@ -125,12 +125,17 @@ def test_fp16_flat_master_tensor_matches_fp32_and_restores_the_weights(data, dev
     assert next(flat.fp32_optimizer.params).numel() == runs["flat"]["model0"].numel()
     assert not runs["per-parameter"]["trainer"].optimizer.has_flat_params
     ref = runs["fp32"]["record"]
+    # ρ = 0.3: the maximum is inside the grid (α* = 1.2 on CPU), so "the same α* as fp32" below
+    # can fail; at the grid's edge (2.0, the default ρ) any probes still rising would pass
+    assert 0.0 < ref["alpha"] < 2.0
     for name in ("flat", "per-parameter"):
         run, record = runs[name], runs[name]["record"]
         # θ restored before AdamW's step: the fp32 master and the fp16 weights the model reads
         assert torch.equal(run["master"], run["theta0"])
         assert torch.equal(run["model"], run["model0"])
         assert record["alpha"] == ref["alpha"]  # same α* as fp32
+        assert max(abs(a - b) for a, b in zip(record["probe_losses"], ref["probe_losses"])) \
+            <= 1e-2 * max(ref["probe_losses"])  # the whole probe curve
         assert abs(record["gk_norm"] - ref["gk_norm"]) <= 1e-2 * ref["gk_norm"]
         assert abs(record["phi"] - ref["phi"]) <= 1e-2  # radians
         assert rel(record["adam_grad"], ref["adam_grad"]) <= 2e-2  # fp16 arithmetic in the passes
@@ -236,8 +241,10 @@ def amp_run(data, device, scale, updates=3):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("scale", [1, 2 ** 10])
+@pytest.mark.parametrize("scale", [2 ** 10])
 def test_amp_with_a_live_loss_scale_matches_fp32(data, device, scale):
+    """A live scaler at a scale != 1 (at 1, dividing by the scale once or twice is the same, and
+    a missing or double unscale would pass)."""
     ref, ref_delta, _ = amp_run(data, device, None)
     got, delta, scales = amp_run(data, device, scale)
     assert scales == [scale] * 3  # live, never overflowed

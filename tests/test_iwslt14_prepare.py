@@ -2,9 +2,11 @@
 
 Reference data (data/iwslt14/SOURCES.md, shipped in the repository; a folder laid out like the
 workplace's shared/data can be given with IWSLT14_SHARED_DATA): the raw dev/test XML of fairseq's
-de-en.tgz, and what fairseq's prepare-iwslt14.sh (Moses perl + subword-nmt) made of it. The train
-path is checked on a small tarball in the official layout built here from real IWSLT'14 training
-sentences.
+de-en.tgz, and what fairseq's prepare-iwslt14.sh (Moses perl + subword-nmt) made of it. The
+shipped files are unpacked into a temporary folder (fixture ``ref``) that is removed when the
+module's tests are done. The dev/test path is compared with fairseq's output line for line and
+byte for byte. The train path is checked on a small tarball in the official layout built here
+from real IWSLT'14 training sentences.
 """
 
 import gzip
@@ -53,15 +55,54 @@ def unpack_shipped(dest: Path) -> Path:
     return dest
 
 
-SHARED = (Path(os.environ["IWSLT14_SHARED_DATA"]) if os.environ.get("IWSLT14_SHARED_DATA")
-          else unpack_shipped(Path(tempfile.mkdtemp(prefix="iwslt14-reference-"))))
-ORIG = SHARED / "iwslt14-orig" / "de-en"
-FAIRSEQ_OUT = SHARED / "iwslt14.tokenized.de-en"
-TRAIN_SAMPLE = SHARED / "iwslt14-train-sample" / "derived"
+SHARED_DATA = os.environ.get("IWSLT14_SHARED_DATA")
+SHIPPED = REPO / "data" / "iwslt14"
+if SHARED_DATA:
+    _root = Path(SHARED_DATA)
+    HAVE_DATA = all((_root / d).is_dir() for d in (
+        "iwslt14-orig/de-en", "iwslt14.tokenized.de-en", "iwslt14-train-sample/derived"))
+    # shared/data also holds fairseq's valid split (the repository ships the test split only)
+    BPE_SPLITS = [s for s in ("test", "valid")
+                  if (_root / "iwslt14.tokenized.de-en" / "tmp" / (s + ".de")).exists()]
+else:
+    HAVE_DATA = all((SHIPPED / name).exists() for name in (
+        "code.gz", "test.bpe.de.gz", "test.bpe.en.gz", "test.tok.de.gz", "test.tok.en.gz",
+        "train-sample.tok.de.gz", "train-sample.tok.en.gz")) and any(
+        SHIPPED.glob("IWSLT14.*.xml.gz"))
+    BPE_SPLITS = ["test"]
 needs_data = pytest.mark.skipif(
-    not (ORIG.is_dir() and FAIRSEQ_OUT.is_dir() and TRAIN_SAMPLE.is_dir()),
-    reason="IWSLT'14 reference data not found under %s" % SHARED,
-)
+    not HAVE_DATA, reason="IWSLT'14 reference data not found under %s" % (SHARED_DATA or SHIPPED))
+
+
+class Reference:
+    """The reference folders: fairseq's de-en.tgz XML (``orig``), what fairseq's
+    prepare-iwslt14.sh made of it (``fairseq_out``) and the tokenized train sample."""
+
+    def __init__(self, root: Path):
+        self.orig = root / "iwslt14-orig" / "de-en"
+        self.fairseq_out = root / "iwslt14.tokenized.de-en"
+        self.train_sample = root / "iwslt14-train-sample" / "derived"
+
+
+@pytest.fixture(scope="module")
+def ref():
+    """IWSLT14_SHARED_DATA as it is, or the shipped files unpacked into a temporary folder that
+    is removed when the module's tests are done."""
+    if SHARED_DATA:
+        yield Reference(Path(SHARED_DATA))
+        return
+    with tempfile.TemporaryDirectory(prefix="iwslt14-reference-") as tmp:
+        yield Reference(unpack_shipped(Path(tmp)))
+
+
+def assert_same_lines(ours, theirs, what):
+    """Line for line: the number of lines and every line equal (the message names the first
+    lines that differ)."""
+    differ = [i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b]
+    assert len(ours) == len(theirs) and not differ, (
+        "%s: %d lines (fairseq %d), %d differ; first: %s" % (
+            what, len(ours), len(theirs), len(differ),
+            [(i + 1, ours[i], theirs[i]) for i in differ[:3]]))
 
 
 def load_recipe():
@@ -132,42 +173,42 @@ def test_clean_corpus_rules():
 
 
 @pytest.fixture(scope="module")
-def xml_output(tmp_path_factory):
+def xml_output(ref, tmp_path_factory):
     """The XML -> tokenized, lowercased path over the real files, computed once (2 workers)."""
     tmp = tmp_path_factory.mktemp("iwslt_xml")
-    test = P.prepare_test_sets(str(ORIG), str(tmp), workers=2)
+    test = P.prepare_test_sets(str(ref.orig), str(tmp), workers=2)
     return tmp, test
 
 
 @needs_data
-def test_xml_path_matches_fairseq_tmp_test(xml_output):
+def test_xml_path_matches_fairseq_tmp_test_byte_for_byte(ref, xml_output):
+    """README: "its tokenized output is fairseq's byte for byte (6,750/6,750 lines per
+    language)": every line of tmp/test.L and of the five per-file outputs, and the files' bytes."""
     tmp, test = xml_output
     for lang in ("de", "en"):
-        ref = lines_of(FAIRSEQ_OUT / "tmp" / ("test." + lang))
+        ref_file = ref.fairseq_out / "tmp" / ("test." + lang)
         ours = lines_of(tmp / ("test." + lang))
         assert ours == test[lang]
-        assert len(ours) == len(ref) == 6750
-        same = sum(a == b for a, b in zip(ours, ref))
-        print("tmp/test.%s: %d/%d lines identical to fairseq's (%.2f%%)"
-              % (lang, same, len(ref), 100.0 * same / len(ref)))
-        assert same / len(ref) >= 0.995
+        assert len(ours) == 6750
+        assert_same_lines(ours, lines_of(ref_file), "tmp/test." + lang)
+        assert (tmp / ("test." + lang)).read_bytes() == ref_file.read_bytes()
         offset = 0
         for name, n in zip(TEST_SETS, TEST_SIZES):
-            part = lines_of(tmp / ("%s.de-en.%s" % (name, lang)))
-            ref_part = lines_of(FAIRSEQ_OUT / "tmp" / ("%s.de-en.%s" % (name, lang)))
-            assert len(part) == len(ref_part) == n
+            file = "%s.de-en.%s" % (name, lang)
+            part = lines_of(tmp / file)
+            assert len(part) == n
             assert part == ours[offset:offset + n]  # test = cat of the five, in fairseq's order
-            same = sum(a == b for a, b in zip(part, ref_part))
-            assert same / n >= 0.995, (name, lang, same, n)
+            assert_same_lines(part, lines_of(ref.fairseq_out / "tmp" / file), "tmp/" + file)
+            assert (tmp / file).read_bytes() == (ref.fairseq_out / "tmp" / file).read_bytes()
             offset += n
 
 
 @needs_data
-def test_parallel_tokenization_keeps_order(xml_output):
+def test_parallel_tokenization_keeps_order(ref, xml_output):
     tmp, test = xml_output
     segs = []
     for name in TEST_SETS:
-        segs += P.extract_segments(lines_of(ORIG / ("%s.de-en.de.xml" % name)))
+        segs += P.extract_segments(lines_of(ref.orig / ("%s.de-en.de.xml" % name)))
     assert len(segs) == 6750
     parallel = P.moses_tokenize(segs, "de", workers=2)  # chunks of 2000 lines over 2 processes
     assert [P.perl_lc(x) for x in parallel] == test["de"]
@@ -178,13 +219,13 @@ def test_parallel_tokenization_keeps_order(xml_output):
 
 @needs_data
 # the repository ships fairseq's test split; IWSLT14_SHARED_DATA=shared/data adds valid
-@pytest.mark.parametrize("split", [s for s in ("test", "valid")
-                                   if (FAIRSEQ_OUT / "tmp" / (s + ".de")).exists()])
-def test_shipped_codes_reproduce_fairseq_bpe(tmp_path, split):
+@pytest.mark.parametrize("split", BPE_SPLITS)
+def test_shipped_codes_reproduce_fairseq_bpe(ref, tmp_path, split):
     for lang in ("de", "en"):
         out = tmp_path / ("%s.%s" % (split, lang))
-        P.apply_bpe_file(str(FAIRSEQ_OUT / "code"), str(FAIRSEQ_OUT / "tmp" / out.name), str(out))
-        assert out.read_bytes() == (FAIRSEQ_OUT / out.name).read_bytes()
+        P.apply_bpe_file(str(ref.fairseq_out / "code"), str(ref.fairseq_out / "tmp" / out.name),
+                         str(out))
+        assert out.read_bytes() == (ref.fairseq_out / out.name).read_bytes()
 
 
 # --------------------------------------------------------------------------- Test 3: the train path
@@ -217,7 +258,7 @@ def talk_header(k):
 
 
 @pytest.fixture(scope="module")
-def train_corpus(tmp_path_factory):
+def train_corpus(ref, tmp_path_factory):
     """A de-en.tgz in the official layout: TED-tagged train.tags from real sentences + real XML."""
     from sacremoses import MosesDetokenizer
 
@@ -227,7 +268,7 @@ def train_corpus(tmp_path_factory):
     real = {}
     for lang in ("de", "en"):
         detok = MosesDetokenizer(lang)
-        toks = lines_of(TRAIN_SAMPLE / ("train.tok." + lang))[:N_REAL]
+        toks = lines_of(ref.train_sample / ("train.tok." + lang))[:N_REAL]
         real[lang] = [detok.detokenize(t.split()) for t in toks]
     real_pairs = [(d[:1].upper() + d[1:], e[:1].upper() + e[1:]) for d, e in zip(real["de"], real["en"])]
     text_pairs = real_pairs[:300] + SPECIAL + real_pairs[300:]
@@ -243,7 +284,7 @@ def train_corpus(tmp_path_factory):
         en.append(e)
     (folder / "train.tags.de-en.de").write_text("\n".join(de) + "\n", encoding="utf-8")
     (folder / "train.tags.de-en.en").write_text("\n".join(en) + "\n", encoding="utf-8")
-    for xml in ORIG.glob("IWSLT14.TED*.xml"):
+    for xml in ref.orig.glob("IWSLT14.TED*.xml"):
         shutil.copyfile(xml, folder / xml.name)
     tgz = root / "de-en.tgz"
     with tarfile.open(tgz, "w:gz") as tar:
@@ -369,17 +410,16 @@ def test_sentencepiece_option(train_corpus, tmp_path):
 
 
 @needs_data
-def test_codes_option_reuses_fairseq_codes(train_corpus, tmp_path):
-    log = run_prepare(train_corpus["folder"], tmp_path, "--codes", str(FAIRSEQ_OUT / "code"),
+def test_codes_option_reuses_fairseq_codes(ref, train_corpus, tmp_path):
+    log = run_prepare(train_corpus["folder"], tmp_path, "--codes", str(ref.fairseq_out / "code"),
                       "--no-binarize")
     prep = tmp_path / "iwslt14.tokenized.de-en"
     assert "learn_bpe" not in log and "10000 merges" in log
-    assert (prep / "code").read_bytes() == (FAIRSEQ_OUT / "code").read_bytes()
-    for lang in ("de", "en"):
-        ours, ref = lines_of(prep / ("test." + lang)), lines_of(FAIRSEQ_OUT / ("test." + lang))
-        same = sum(a == b for a, b in zip(ours, ref))
-        print("BPE'd test.%s: %d/%d lines identical to fairseq's" % (lang, same, len(ref)))
-        assert len(ours) == len(ref) and same / len(ref) >= 0.995
+    assert (prep / "code").read_bytes() == (ref.fairseq_out / "code").read_bytes()
+    for lang in ("de", "en"):  # README: fairseq's BPE'd test set, byte for byte
+        ours, theirs = prep / ("test." + lang), ref.fairseq_out / ("test." + lang)
+        assert_same_lines(lines_of(ours), lines_of(theirs), "BPE'd test." + lang)
+        assert ours.read_bytes() == theirs.read_bytes()
 
 
 # --------------------------------------------------------------------------- Test 4: bad input
@@ -400,8 +440,8 @@ def test_missing_src(capsys, tmp_path):
 
 
 @needs_data
-def test_src_without_train_tags(capsys, tmp_path):
-    err = one_line_error(capsys, [str(ORIG), str(tmp_path / "out")])
+def test_src_without_train_tags(ref, capsys, tmp_path):
+    err = one_line_error(capsys, [str(ref.orig), str(tmp_path / "out")])
     assert "train.tags.de-en.de" in err and "train.tags.de-en.en" in err
     junk = tmp_path / "de-en.tgz"
     junk.write_text("not a tarball\n")
