@@ -30,8 +30,15 @@ from typing import Callable, Iterable, List, Optional, Sequence
 import torch
 from torch import Tensor
 
-from .core import (TINY, alpha_grid, ascent_step_, global_norm, interpolation_coefficients,
-                   pick_alpha, plane_)
+from .core import (
+    TINY,
+    alpha_grid,
+    ascent_step_,
+    global_norm,
+    interpolation_coefficients,
+    pick_alpha,
+    plane_,
+)
 
 TensorList = List[Tensor]
 

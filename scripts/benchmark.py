@@ -310,7 +310,8 @@ def transformer_case(args) -> int:
 def profile(name, step, args) -> None:
     """torch.profiler over ``args.profile`` calls of ``step(i)`` (plain, non-search updates):
     where the time goes."""
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda"
                                            else [])
@@ -638,7 +639,7 @@ def mlp_case(args) -> int:
         grads = [torch.randn_like(t) for t in theta]
         torch._foreach_copy_(current, grads)
         buffers = sweep_buffers(theta)
-        for r in range(args.warmup + args.rounds):
+        for _ in range(args.warmup + args.rounds):
             for name, (model, opt) in opts.items():
                 sync(device)
                 start = time.perf_counter()
@@ -680,7 +681,7 @@ def mlp_case(args) -> int:
         if args.profile:
             for name in ("sam", "xsam"):
                 model, opt = opts[name]
-                profile(f"{label} MLP, {name}", lambda i, m=model, o=opt: mlp_step(m, o, x, y),
+                profile(f"{label} MLP, {name}", lambda i, m=model, o=opt, x=x, y=y: mlp_step(m, o, x, y),
                         args)
     print("\n| MLP | params | batch | base | base ms | SAM ms | XSAM ms | SAM / base | XSAM / SAM "
           "| target | predicted XSAM / SAM | extra memory vs base, SAM / XSAM (MiB) "

@@ -52,6 +52,7 @@ from typing import Dict, List, Optional
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "recipes"))
 import common  # noqa: E402  (recipes/common.py: the recipes' run layout and log parsing)
+
 sys.path.pop(0)
 
 ORDER = ("adamw", "sam", "xsam", "fixed", "msam", "msam+", "lsam", "lsam+")

@@ -21,8 +21,13 @@ PY="$VENV/bin/python"
 # matplotlib first: importing fairseq turns the root logger to DEBUG on stderr
 MODULES="matplotlib, tensorboardX, torch, numpy, fairseq, hydra, omegaconf, bitarray, sacrebleu, \
 sentencepiece, sklearn, scipy, regex, tqdm, yaml, packaging, pytest, xdist, sacremoses, subword_nmt"
+RUFF=ruff==0.17.6  # the linter .ci/run runs (configuration: pyproject.toml)
 OMITTED='^fairseq-fixed [^ ]+ requires (torchaudio|cffi), which is not installed\.$'
 pip_q() { "$PY" -m pip install -q --disable-pip-version-check "$@"; }
+if ! "$PY" -m ruff --version >/dev/null 2>&1; then
+  echo "[install] $RUFF (the linter)"
+  pip_q "$RUFF"
+fi
 if ! "$PY" -c "import $MODULES" 2>/dev/null; then
   echo "[install] torch 2.13.0 (CPU) and build tools"
   pip_q torch==2.13.0 numpy cython setuptools wheel

@@ -28,8 +28,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sharpness import (ROOT, add_data_options, checked, load_setup,  # noqa: E402
-                       write_json)
+from sharpness import ROOT, add_data_options, checked, load_setup, write_json  # noqa: E402
 
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)

@@ -48,7 +48,8 @@ def checked(kind, name, ok, allowed):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid {name} value: {text!r} ({allowed})")
+            raise argparse.ArgumentTypeError(
+                f"invalid {name} value: {text!r} ({allowed})") from None
         if not ok(value):
             raise argparse.ArgumentTypeError(f"invalid {name} value: {text!r} ({allowed})")
         return value
@@ -221,8 +222,13 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from fairseq_xsam.analysis import (average_sharpness, filter_normalized_direction, flatten,
-                                       lanczos, unflatten)
+    from fairseq_xsam.analysis import (
+        average_sharpness,
+        filter_normalized_direction,
+        flatten,
+        lanczos,
+        unflatten,
+    )
 
     setup = load_setup(args)
     params = setup.params

@@ -1,13 +1,11 @@
 """The α search's edge and ``--alpha-max auto`` inside fairseq's real trainer (tiny CPU data):
 the metric, the log line and the one-time warning; update-freq, hydra, DDP and resume."""
 
-import copy
 import re
 
 import pytest
 import torch
 from fairseq.logging import metrics
-
 from fairseq_helpers import batches, build_trainer, flat_params, make_corpus
 from test_fairseq import close, descent_grad
 
@@ -47,7 +45,7 @@ def test_default_grid_pinned_at_its_edge_is_logged_flagged_and_warned_once(data,
     trainer, infos, lines, warnings, edge_metric = train(data, [], 3, caplog)
     assert [i.alpha for i in infos] == [2.0] * 3 and all(i.edge == "grid" for i in infos)
     assert edge_metric == [1.0] * 3
-    for update, (info, line) in enumerate(zip(infos, lines), start=1):
+    for update, line in enumerate(lines, start=1):
         assert line and int(line.group(1)) == update and line.group(2) == "2.00"
         probes = [float(x) for x in line.group(3).split()]
         assert len(probes) == 21 and max(range(21), key=lambda i: (probes[i], -i)) == 20
@@ -103,9 +101,10 @@ def test_auto_update_freq_two_equals_one_big_batch(data):
 @pytest.mark.filterwarnings(r"ignore:\s*'[^']*' is validated against ConfigStore")
 @pytest.mark.filterwarnings(r"ignore:\s*The strict flag in the compose API")
 def test_hydra_config_and_command_line_agree_on_auto(monkeypatch):
-    from fairseq_xsam.fairseq.optimizer import XSAMAdamW
     from omegaconf import OmegaConf
     from test_recipes import ROOT, differences, dry_run, fairseq_cfg, hydra_cfg, recipe
+
+    from fairseq_xsam.fairseq.optimizer import XSAMAdamW
 
     monkeypatch.chdir(ROOT)
     cli = fairseq_cfg(dry_run("xsam", "--data", "d", "--", "--alpha-max", "auto",

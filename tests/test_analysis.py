@@ -4,16 +4,24 @@ tiny checkpoint trained by fairseq-train with xsam_adamw."""
 
 import json
 import math
-import statistics
 import os
+import statistics
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from fairseq_xsam.analysis import (average_sharpness, filter_normalized_direction, flatten, hvp,
-                                   lanczos, plane_surface, symmetric_grid, unflatten)
+from fairseq_xsam.analysis import (
+    average_sharpness,
+    filter_normalized_direction,
+    flatten,
+    hvp,
+    lanczos,
+    plane_surface,
+    symmetric_grid,
+    unflatten,
+)
 from fairseq_xsam.core import alpha_grid, sharpness_update
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

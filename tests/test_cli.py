@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from fairseq_helpers import TINY_ARCH, make_corpus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -333,8 +333,9 @@ def test_an_xsam_variant_is_tested_against_default_xsam(multi, tmp_path):
         name = r[2].strip()
         stem = name.replace("test2016", "test_2016").replace("test2017", "test_2017")
         ref = (refs / f"{stem}.en").read_text().splitlines()
-        score = lambda run: sacrebleu.corpus_bleu(  # noqa: E731
-            (run / "eval" / f"{name}.hyp.en").read_text().splitlines(), [ref]).score
+        def score(run, name=name, ref=ref):
+            return sacrebleu.corpus_bleu(
+                (run / "eval" / f"{name}.hyp.en").read_text().splitlines(), [ref]).score
         assert float(r[5]) == pytest.approx(score(root / "sam-seed1") - score(root / "xsam-seed1"),
                                             abs=0.006)
     assert compare_bleu_module().pairs({"sam", "xsam", "xsam_probe1", "xsam_auto"})[2:] == \

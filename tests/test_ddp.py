@@ -20,7 +20,6 @@ import sys
 
 import pytest
 import torch
-
 from fairseq_helpers import TINY_ARCH, make_corpus
 
 from fairseq_xsam.fairseq.harness import build_trainer

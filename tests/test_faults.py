@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-
 from fairseq_helpers import batches, build_trainer, flat_params, make_corpus
 
 

@@ -22,10 +22,10 @@ import math
 
 import pytest
 import torch
-
 from fairseq_helpers import batches, build_trainer, flat_params, make_corpus
-from scripts.precision_check import instrument
 from test_faults import poison
+
+from scripts.precision_check import instrument
 
 CUDA = pytest.param("cuda", marks=[
     pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(),
@@ -305,8 +305,8 @@ def test_every_pass_replays_the_cuda_generator_under_the_trainers_autocast(data,
         seen, at_step = [], {}
         forward = trainer.criterion.forward
 
-        def noisy(model, sample, *a, _forward=forward, _seen=seen, **k):
-            u = draw()
+        def noisy(model, sample, *a, _forward=forward, _seen=seen, _draw=draw, **k):
+            u = _draw()
             _seen.append((float(u), torch.is_grad_enabled(), torch.is_autocast_enabled("cuda")))
             loss, size, log = _forward(model, sample, *a, **k)
             return loss * (1 + 0.5 * u), size, log

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shlex
-import statistics
 import subprocess
 import sys
 import time
@@ -44,6 +43,7 @@ recipe = load("multi30k_recipe", RECIPE_DIR / "recipe.py")
 study = load("multi30k_study", RECIPE_DIR / "study.py")
 sys.path.insert(0, str(ROOT / "scripts"))
 import compare_bleu  # noqa: E402
+
 sys.path.pop(0)
 
 
@@ -576,7 +576,6 @@ def test_cost_estimates_come_from_the_finished_runs_logs(plan, tmp_path):
 
 def test_until_starts_only_the_runs_that_finish_in_time(plan, monkeypatch, tmp_path, capsys):
     calls = []
-    path = str(tmp_path / "plan.toml")
     fake_stages(monkeypatch, plan, calls)
     for name in ("sweep/sam-rho0.1-seed1", "sweep/sam-rho0.2-seed1", "sweep/xsam-rho0.1-seed1",
                  "sweep/xsam-rho0.2-seed1"):

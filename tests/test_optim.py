@@ -4,10 +4,11 @@ import copy
 
 import pytest
 import torch
+from test_core import closed_form_alpha, plane_quadratic
 
 from fairseq_xsam import XSAM
-from test_core import closed_form_alpha, plane_quadratic
-from fairseq_xsam.toy import basin, loss as toy_loss, trajectory
+from fairseq_xsam.toy import basin, trajectory
+from fairseq_xsam.toy import loss as toy_loss
 
 
 def make_problem(seed=0, dropout=0.0):

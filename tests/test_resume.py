@@ -10,8 +10,8 @@ import sys
 import time
 
 import torch
-
 from fairseq_helpers import TINY_ARCH, make_corpus
+
 from fairseq_xsam.fairseq.checkpoints import load
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from fairseq_helpers import TINY_ARCH, batches, build_trainer, flat_params, make_corpus
 
 ROOT = Path(__file__).resolve().parent.parent

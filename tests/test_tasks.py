@@ -17,9 +17,8 @@ import subprocess
 import sys
 
 import pytest
-import torch
-
 import task_configs
+import torch
 from task_configs import TASKS
 
 ROOT = task_configs.ROOT

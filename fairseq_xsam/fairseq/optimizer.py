@@ -18,7 +18,8 @@ from fairseq.optim.fused_adam import get_fused_adam_class
 
 from .. import settings
 from ..core import VARIANTS
-from ..optim import HYPERPARAMETERS as XSAM_KEYS, XSAM
+from ..optim import HYPERPARAMETERS as XSAM_KEYS
+from ..optim import XSAM
 from . import options
 
 

@@ -42,9 +42,19 @@ for _path in (HERE, HERE.parent):  # prepare.py next to this file; recipes/commo
         sys.path.insert(0, str(_path))
 import common  # noqa: E402  (what the recipes share: commands, run layout, scoring)
 import prepare  # noqa: E402  (prepare.py next to this file: the test set's files and clean-up)
-from common import (OPTIMIZERS, average_checkpoints, check_complete,  # noqa: E402,F401
-                    dataset_size, last_epoch_checkpoints, parse_generate, run_dir,
-                    sacrebleu_score, shell_join, to_flags, to_hydra)
+from common import (  # noqa: E402,F401
+    OPTIMIZERS,
+    average_checkpoints,
+    check_complete,
+    dataset_size,
+    last_epoch_checkpoints,
+    parse_generate,
+    run_dir,
+    sacrebleu_score,
+    shell_join,
+    to_flags,
+    to_hydra,
+)
 
 ROOT = common.ROOT
 USER_DIR = common.USER_DIR

@@ -247,7 +247,7 @@ def prepare(out, *, vocab: int, train_lines: Optional[int], test_lines: Optional
     try:
         model = common.train_sentencepiece(str(joint), str(out / "spm" / "spm"), vocab, workers)
     except ValueError as e:
-        raise SystemExit(f"prepare: --vocab {vocab}: {e}")
+        raise SystemExit(f"prepare: --vocab {vocab}: {e}") from None
     joint.unlink()
     for split in SPLITS:
         for lang in (SRC, TGT):

@@ -36,13 +36,14 @@ import sys
 import time
 import tomllib
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent.parent / "scripts"))
 import compare_bleu  # noqa: E402  (scripts/compare_bleu.py: log parsing and the report)
 import recipe  # noqa: E402  (recipe.py next to this file)
+
 sys.path[:2] = []
 
 ROOT = recipe.ROOT
