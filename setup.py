@@ -21,8 +21,21 @@ setup(
                     "sacrebleu", "sentencepiece"],
         "test": ["pytest"],
     },
+    # every command the README shows, in fairseq's habit (fairseq-train, fairseq-generate)
     entry_points={"console_scripts": [
+        "xsam-report = fairseq_xsam.report.cli:main",
+        "xsam-bench = fairseq_xsam.bench.cli:main",
+        "xsam-precision = fairseq_xsam.bench.precision:main",
+        "xsam-gpu-check = fairseq_xsam.bench.gpu_check:main",
+        "xsam-flatness = fairseq_xsam.lab.flatness:main",
+        "xsam-plane = fairseq_xsam.lab.plane:main",
+        "xsam-toy2d = fairseq_xsam.lab.toy2d:main",
         "xsam-fidelity = fairseq_xsam.lab.fidelity_cli:main",
+        "xsam-demo = fairseq_xsam.recipes.demo:main",
+        "xsam-multi30k = fairseq_xsam.recipes.multi30k:main",
+        "xsam-study = fairseq_xsam.recipes.study:main",
+        "xsam-iwslt14 = fairseq_xsam.recipes.iwslt14:main",
+        "xsam-iwslt14-prepare = fairseq_xsam.recipes.iwslt14_prepare:main",
     ]},
     license="MIT",
 )

@@ -1,5 +1,5 @@
 r"""Flatness measurements of the paper's Figure 1 and Appendix E.5, as pure functions over lists
-of tensors (no fairseq needed; ``scripts/sharpness.py`` and ``scripts/plane_surface.py`` drive
+of tensors (no fairseq needed; ``xsam-flatness`` and ``xsam-plane`` (:mod:`fairseq_xsam.lab`) drive
 them on fairseq checkpoints).
 
 Symbols follow ``ALGORITHM.md``: θ parameters, L(θ) the loss, g_i = ∇L(θ_i), ρ ascent radius,

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU check of fairseq-xsam in one command, for a machine with one CUDA GPU and no network
-# (thin wrapper; scripts/gpu_check.py does the work and lists the phases: --help).
+# (thin wrapper; fairseq_xsam/bench/gpu_check.py does the work and lists the phases: --help).
 #
 #   bash scripts/gpu_check.sh [--wheels DIR] [--out DIR] [--budget SECONDS] [--dry-run] [--smoke]
 #
@@ -12,4 +12,6 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/../recipes/python.sh"
-exec "$PYTHON" "$here/gpu_check.py" "$@"
+# the package from this checkout, installed or not (a GPU machine may only have /tmp/site)
+export PYTHONPATH="$(dirname "$here")${PYTHONPATH:+:$PYTHONPATH}"
+exec "$PYTHON" -m fairseq_xsam.bench.gpu_check "$@"

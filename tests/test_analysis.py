@@ -1,4 +1,4 @@
-"""Flatness analysis (fairseq_xsam/analysis.py, scripts/sharpness.py, scripts/plane_surface.py)
+"""Flatness analysis (fairseq_xsam/analysis.py, xsam-flatness, xsam-plane)
 against closed forms, dense references and hand computations; then both scripts end to end on a
 tiny checkpoint trained by fairseq-train with xsam_adamw."""
 
@@ -25,7 +25,9 @@ from fairseq_xsam.analysis import (
 from fairseq_xsam.core import alpha_grid, sharpness_update
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = os.path.join(ROOT, "scripts")
+#: the commands xsam-flatness and xsam-plane, by their former script names
+MODULES = {"sharpness.py": "fairseq_xsam.lab.flatness", "sharpness": "fairseq_xsam.lab.flatness",
+           "plane_surface.py": "fairseq_xsam.lab.plane", "plane_surface": "fairseq_xsam.lab.plane"}
 BIN = os.path.dirname(sys.executable)
 D = torch.float64
 
@@ -327,7 +329,7 @@ def checkpoint(tmp_path_factory):
 
 
 def run_script(name, *args):
-    out = subprocess.run([sys.executable, os.path.join(SCRIPTS, name), *args],
+    out = subprocess.run([sys.executable, "-m", MODULES[name], *args],
                          capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
     return out
 
@@ -438,11 +440,7 @@ def test_plane_surface_script_writes_png_and_grid(checkpoint):
 def load_script(name):
     import importlib
 
-    sys.path.insert(0, SCRIPTS)
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.remove(SCRIPTS)
+    return importlib.import_module(MODULES[name])
 
 
 @pytest.mark.parametrize("script,args,message", [

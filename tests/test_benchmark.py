@@ -5,11 +5,13 @@ import math
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = [sys.executable, "-m", "fairseq_xsam.bench.cli"]  # xsam-bench
 
 
 def corpus(tmp_path):
@@ -21,7 +23,7 @@ def corpus(tmp_path):
 
 
 def test_benchmark_prints_its_tables(tmp_path):
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"),
+    out = subprocess.run([*BENCH,
                           "--device", "cpu", "--updates", "3", "--warmup", "1", "--threads", "1",
                           "--profile", "2", "--profile-trace", str(tmp_path),
                           "--data", corpus(tmp_path)],
@@ -49,7 +51,7 @@ def test_smoke_benchmark_without_the_every_update_search_reports_the_search_from
     search's price is taken from XSAM's own rounds. The ratios are recomputed here from the
     script's own JSON with the script's formulas (docs/performance.md), so this checks the report's
     wiring (which rounds feed which ratio), not that the timings are right."""
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"),
+    out = subprocess.run([*BENCH,
                           "--device", "cpu", "--updates", "3", "--warmup", "0", "--threads", "1",
                           "--no-search-every-update", "--json", str(tmp_path / "t.json"),
                           "--data", corpus(tmp_path)],
@@ -76,7 +78,7 @@ def test_smoke_benchmark_without_the_every_update_search_reports_the_search_from
 
 
 def test_benchmark_mlp_case_prints_ratios_prediction_memory_and_traffic(tmp_path):
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"),
+    out = subprocess.run([*BENCH,
                           "--case", "mlp", "--mlps", "2.1M", "--rounds", "2", "--warmup", "0",
                           "--threads", "1", "--json", str(tmp_path / "mlp.json")],
                          capture_output=True, text=True, timeout=300)
@@ -97,7 +99,7 @@ def test_benchmark_mlp_case_prints_ratios_prediction_memory_and_traffic(tmp_path
 
 
 def test_benchmark_rejects_an_unknown_mlp():
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"),
+    out = subprocess.run([*BENCH,
                           "--case", "mlp", "--mlps", "2.1M,3M"], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 2
@@ -108,12 +110,11 @@ def test_benchmark_rejects_an_unknown_mlp():
 # -- the traffic counter, against ops whose traffic is known ----------------------------------
 
 def _benchmark():
-    sys.path.insert(0, ROOT)
-    try:
-        from scripts import benchmark
-    finally:
-        sys.path.remove(ROOT)
-    return benchmark
+    from fairseq_xsam.bench import traffic, transformer
+
+    return SimpleNamespace(Traffic=traffic.Traffic, KINDS=traffic.KINDS,
+                           traffic_table=traffic.traffic_table,
+                           paired_ratio=transformer.paired_ratio)
 
 
 @pytest.mark.parametrize("op,read,written,kind", [

@@ -1,4 +1,4 @@
-"""scripts/compare_bleu.py on the fixture runs in tests/fixtures/iwslt14_runs (train.log and
+"""xsam-report (fairseq_xsam.report) on the fixture runs in tests/fixtures/iwslt14_runs (train.log and
 command.txt from real tiny CPU runs of train.sh; BLEU and sharpness values set by hand, see
 tests/fixtures/iwslt14_runs/README.md). Expected numbers are computed here from the fixture files
 with the standard library, independently of the script's parsing."""
@@ -17,12 +17,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "iwslt14_runs"
-SCRIPT = ROOT / "scripts" / "compare_bleu.py"
+REPORT = [sys.executable, "-m", "fairseq_xsam.report.cli"]  # xsam-report
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def run_script(*args):
-    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True,
+    return subprocess.run([*REPORT, *map(str, args)], capture_output=True,
                           text=True)
 
 
@@ -111,11 +111,7 @@ def test_plots_are_png_files(report):
 
 
 def test_valid_loss_parsing_matches_the_log():
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import compare_bleu
-    finally:
-        sys.path.pop(0)
+    compare_bleu = compare_bleu_module()
     text = (fixture_runs()[0] / "train.log").read_text()
     parsed = compare_bleu.parse_train_log(text)
     lines = [l for l in text.splitlines() if "| valid | epoch" in l]
@@ -132,7 +128,7 @@ def test_valid_loss_parsing_matches_the_log():
 
 def test_alpha_searches_count_once_and_take_the_edge_from_the_log_note():
     """A search repeated after a resume (same update) counts once, with its last line; where
-    the log has the optimizer's own edge verdict (issue 14: the note and the metric
+    the log has the optimizer's own edge verdict (the note and the metric
     xsam_alpha_at_edge), it is used instead of the rounded losses."""
     compare_bleu = compare_bleu_module()
     line = "| INFO | fairseq_xsam.fairseq.glue | XSAM alpha search at update {}: alpha={} " \
@@ -162,7 +158,7 @@ def test_hypothesis_files_keep_an_empty_last_translation_and_must_match_bleu_jso
     run = {"run": tmp_path, "scores": {"t": {"hypothesis_file": "t.hyp.en", "hypotheses": 2}}}
     assert compare_bleu.read_hypotheses(run, "t") == ["one", "two"]
     run["scores"]["t"]["hypotheses"] = 3
-    with pytest.raises(SystemExit, match="t.hyp.en has 2 lines, bleu.json says 3 hypotheses"):
+    with pytest.raises(compare_bleu.ReportError, match="t.hyp.en has 2 lines, bleu.json says 3 hypotheses"):
         compare_bleu.read_hypotheses(run, "t")
 
 
@@ -312,7 +308,7 @@ def test_edge_pinned_searches_cost_and_rescore(multi):
 
 
 def test_an_xsam_variant_is_tested_against_default_xsam(multi, tmp_path):
-    """A run labelled xsam_<name> (issue 14's variants) gets its own paired test against xsam,
+    """A run labelled xsam_<name> (XSAM's variants) gets its own paired test against xsam,
     seed by seed; its Δ is sacreBLEU's corpus score difference of the two hypothesis files."""
     import shutil
 
@@ -346,12 +342,9 @@ def test_an_xsam_variant_is_tested_against_default_xsam(multi, tmp_path):
 
 
 def compare_bleu_module():
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import compare_bleu
-    finally:
-        sys.path.pop(0)
-    return compare_bleu
+    from fairseq_xsam import report
+
+    return report
 
 
 def test_cost_rows_keep_runs_of_another_thread_count_or_day_apart():

@@ -19,7 +19,7 @@ SUBSETS = {"test2016_flickr": "test", "test2017_flickr": "test1", "test2017_msco
 
 def test_quick_demo_runs_the_recipe_end_to_end(tmp_path):
     out = tmp_path / "demo"
-    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "demo.py"), "--quick",
+    run = subprocess.run([sys.executable, "-m", "fairseq_xsam.recipes.demo", "--quick",
                           "--threads", "1", "--out", str(out)], capture_output=True, text=True,
                          timeout=900)
     assert run.returncode == 0, (run.stdout[-3000:], run.stderr[-3000:])
@@ -63,9 +63,10 @@ def test_quick_demo_runs_the_recipe_end_to_end(tmp_path):
     study = report[report.index("## Beside it: the converged study"):]
     assert re.search(r"^\| xsam \| 0\.05 \| 39\.22 ± 0\.46 \(n=3\) \|", study, flags=re.M)
     assert "## Flatness" in report and "## Cost" in report and "Total demo wall-clock" in report
-    # the recipe skips a finished run instead of training it again
+    # the recipe skips a finished run instead of training it again (the same command: the demo
+    # trained xsam at the study's rho)
     again = subprocess.run(["bash", str(ROOT / "recipes" / "multi30k_de_en" / "train.sh"), "xsam",
                             "--preset", "tiny", "--cpu", "--data", str(out / "data"), "--runs",
-                            str(out / "runs"), "--max-epoch", "1"], capture_output=True,
+                            str(out / "runs"), "--max-epoch", "1", "--rho", "0.05"], capture_output=True,
                            text=True, env={**os.environ, "PYTHON": sys.executable})
     assert again.returncode == 0 and "has finished (timing.json); nothing to do" in again.stdout

@@ -31,10 +31,10 @@ def test_dry_run_prints_every_phase_its_command_and_a_limit_within_the_budget(tm
     assert list(limits) == PHASES
     assert abs(sum(limits.values()) - 300) <= len(PHASES)  # the budget, split (rounding)
     text = out.stdout
-    assert "scripts/precision_check.py --device cuda" in text and "transformer_iwslt_de_en" in text
+    assert "-m fairseq_xsam.bench.precision --device cuda" in text and "transformer_iwslt_de_en" in text
     for precision in ("fp32", "fp16", "amp"):
-        assert f"scripts/benchmark.py --device cuda --precision {precision}" in text
-    assert "scripts/benchmark.py --case mlp --device cuda --rounds 40" in text
+        assert f"-m fairseq_xsam.bench.cli --device cuda --precision {precision}" in text
+    assert "-m fairseq_xsam.bench.cli --case mlp --device cuda --rounds 40" in text
     assert "--max-update 300" in text and "--expect-sentences 6750" in text
     assert "-m cuda tests/test_gpu_path.py" in text
     assert "install_gpu.sh --target /tmp/site --wheels" in text

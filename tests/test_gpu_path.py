@@ -25,7 +25,7 @@ import torch
 from fairseq_helpers import batches, build_trainer, flat_params, make_corpus
 from test_faults import poison
 
-from scripts.precision_check import instrument
+from fairseq_xsam.bench.precision import instrument
 
 CUDA = pytest.param("cuda", marks=[
     pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(),

@@ -10,7 +10,6 @@ from real IWSLT'14 training sentences.
 """
 
 import gzip
-import importlib.util
 import os
 import shutil
 import struct
@@ -106,11 +105,9 @@ def assert_same_lines(ours, theirs, what):
 
 
 def load_recipe():
-    spec = importlib.util.spec_from_file_location("iwslt14_prepare", RECIPE / "prepare.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # so that its worker pool can pickle its functions
-    spec.loader.exec_module(mod)
-    return mod
+    from fairseq_xsam.recipes import iwslt14_prepare
+
+    return iwslt14_prepare
 
 
 P = load_recipe()

@@ -7,7 +7,6 @@ real data runs in tests/test_demo.py (demo --quick = the recipe's tiny preset)."
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import re
@@ -28,23 +27,10 @@ pytestmark = [pytest.mark.filterwarnings(r"ignore:\s*'[^']*' is validated agains
               pytest.mark.filterwarnings(r"ignore:\s*The strict flag in the compose API")]
 
 
-def load(name, path):
-    sys.path.insert(0, str(path.parent))
-    try:
-        spec = importlib.util.spec_from_file_location(name, path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-    finally:
-        sys.path.pop(0)
-    return mod
-
-
-recipe = load("multi30k_recipe", RECIPE_DIR / "recipe.py")
-study = load("multi30k_study", RECIPE_DIR / "study.py")
-sys.path.insert(0, str(ROOT / "scripts"))
-import compare_bleu  # noqa: E402
-
-sys.path.pop(0)
+from fairseq_xsam import report as compare_bleu  # noqa: E402
+from fairseq_xsam.recipes import multi30k as recipe  # noqa: E402
+from fairseq_xsam.recipes import study  # noqa: E402
+from fairseq_xsam.report import logs  # noqa: E402
 
 
 def dry_run(*args) -> str:
@@ -159,7 +145,7 @@ def test_evaluate_dry_run_scores_three_test_sets(tmp_path):
     for line in out[:3]:
         assert "--required-batch-size-multiple 1" in line and "--beam 5" in line
         assert "--remove-bpe sentencepiece" in line
-    assert "scripts/sharpness.py" in out[3] and "--out " + str(tmp_path / "r" / "eval" /
+    assert "fairseq_xsam.lab.flatness" in out[3] and "--out " + str(tmp_path / "r" / "eval" /
                                                                 "sharpness.json") in out[3]
 
 
@@ -337,7 +323,7 @@ def test_training_seconds_add_up_every_epoch_once(tmp_path):
             "train_wall {w} | wall {t}\n")
     log = "".join(line.format(e=e, u=u, w=w, t=t) for e, u, w, t in (
         (1, 261, 89, 92), (2, 522, 81, 175), (2, 522, 80, 180), (3, 783, 82, 259)))
-    common = recipe.common
+    common = logs
     assert common.training_seconds(log) == 89 + 80 + 82
     assert common.last_train_stats(log)["num_updates"] == 783
     assert common.training_seconds("no epoch ended\n") is None
@@ -365,7 +351,7 @@ def test_speed_ignores_a_stalled_epoch_and_wall_clock_counts_killed_processes(tm
            + start.format("2026-12-02 07:06:00")
            + epoch.format("2026-12-02 07:20:00", 4, 1044, 797)
            + epoch.format("2026-12-02 07:34:30", 5, 1305, 800))
-    common = recipe.common
+    common = logs
     rates = common.epoch_rates(log)
     assert rates == pytest.approx({"1": 261 / 850, "2": 261 / 813, "3": 261 / 4500,
                                    "4": 261 / 797, "5": 261 / 800})

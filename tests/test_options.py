@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import importlib.util
 import inspect
 import json
 import os
@@ -277,14 +276,12 @@ def test_pytorch_xsam_raises_the_same_rule(words, message):
     assert text == f"Invalid {python_name} value: {value} (allowed: {py_allowed}"
 
 
-# -- recipes/common.check_alpha_options: alpha's upper bound is the settings' --------------------
+# -- fairseq_xsam.recipes.base.check_alpha_options: alpha's upper bound is the settings' --------------------
 
 def recipes_common():
-    spec = importlib.util.spec_from_file_location("recipes_common_for_options",
-                                                  ROOT / "recipes" / "common.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from fairseq_xsam.recipes import base
+
+    return base
 
 
 @pytest.mark.parametrize("opt,alpha,extra,error", [
@@ -323,10 +320,7 @@ def test_recipe_alpha_check_follows_alpha_max_auto(opt, alpha, extra, error):
 
 
 def test_recipe_train_accepts_an_alpha_that_alpha_max_auto_allows(capsys):
-    spec = importlib.util.spec_from_file_location(
-        "iwslt_recipe_for_options", ROOT / "recipes" / "iwslt14_de_en" / "recipe.py")
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
+    from fairseq_xsam.recipes import iwslt14 as recipe
     assert recipe.main(["train", "fixed", "--alpha", "3", "--cpu", "--dry-run", "--",
                         "--alpha-max", "auto"]) == 0
     words = capsys.readouterr().out.split()

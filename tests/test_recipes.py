@@ -4,7 +4,6 @@ tiny real CPU runs of train.sh, evaluate.sh and fairseq-hydra-train."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -22,9 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RECIPE_DIR = ROOT / "recipes" / "iwslt14_de_en"
 PYTHON = sys.executable
 
-_spec = importlib.util.spec_from_file_location("iwslt_recipe", RECIPE_DIR / "recipe.py")
-recipe = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(recipe)
+from fairseq_xsam.recipes import iwslt14 as recipe  # noqa: E402
 
 # fairseq examples/translation/README.md, "IWSLT'14 German to English (Transformer)", verbatim.
 README_COMMAND = """fairseq-train \

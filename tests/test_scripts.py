@@ -9,7 +9,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_toy2d_writes_the_trajectory_figure(tmp_path):
     out = tmp_path / "toy.png"
-    run = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "toy2d.py"), "--out",
+    run = subprocess.run([sys.executable, "-m", "fairseq_xsam.lab.toy2d", "--out",
                           str(out), "--steps", "60"], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert out.stat().st_size > 10_000
@@ -17,7 +17,7 @@ def test_toy2d_writes_the_trajectory_figure(tmp_path):
 
 
 def test_smoke_precision_check_writes_its_fp16_and_amp_rows(tmp_path):
-    """A smoke test of scripts/precision_check.py on CPU: it runs and writes its table. Two of
+    """A smoke test of xsam-precision on CPU: it runs and writes its table. Two of
     its columns check nothing on CPU, and the assertions say so: fairseq disables --amp's loss
     scaler and autocast off CUDA, so the amp rows are fp32 exactly (scale None, differences 0;
     the live scaler is tested in test_gpu_path.py, test_amp_with_a_live_loss_scale_matches_fp32).
@@ -27,7 +27,7 @@ def test_smoke_precision_check_writes_its_fp16_and_amp_rows(tmp_path):
 
     data = make_corpus(str(tmp_path / "corpus"))  # not the script's own temporary folder
     out = tmp_path / "precision.md"
-    run = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "precision_check.py"),
+    run = subprocess.run([sys.executable, "-m", "fairseq_xsam.bench.precision",
                           "--device", "cpu", "--updates", "2", "--data", data, "--out", str(out)],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]

@@ -12,8 +12,8 @@ On CUDA ``--fp16`` uses fairseq's flat fp32 master tensor (the default layout); 
 layout cannot be built (fairseq asks CUDA for its device), so ``--fp16-no-flatten-grads`` is
 added, and ``--amp`` runs without a loss scaler (CPU autocast is off in fairseq's train_step).
 
-    python scripts/precision_check.py --device cpu                    # tiny model, synthetic
-    python scripts/precision_check.py --device cuda --arch transformer_iwslt_de_en \\
+    xsam-precision --device cpu                    # tiny model, synthetic
+    xsam-precision --device cuda --arch transformer_iwslt_de_en \\
         --data data-bin/iwslt14.tokenized.de-en --updates 5 --out docs/results/precision.md
 """
 
@@ -29,11 +29,7 @@ import tempfile
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-from scripts.benchmark import TINY  # noqa: E402
+from .transformer import TINY_MODEL
 
 PRECISIONS = ("fp32", "fp16", "amp")
 
@@ -64,7 +60,7 @@ def run(precision, data, args):
             "--lr", args.lr, "--adam-betas", "(0.9,0.98)", "--weight-decay", "1e-4",
             "--optimizer", "xsam_adamw", "--alpha-search", "1", "--no-progress-bar",
             *(["--arch", args.arch, "--share-decoder-input-output-embed"] if args.arch
-              else TINY)]
+              else TINY_MODEL)]
     argv += ["--cpu"] if args.device == "cpu" else []
     argv += {"fp32": [], "amp": ["--amp"],
              "fp16": ["--fp16"] + (["--fp16-no-flatten-grads"] if args.device == "cpu" else [])
@@ -168,7 +164,7 @@ def main(argv=None) -> int:
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
-            f.write(text + "\n\nCommand: `python scripts/precision_check.py "
+            f.write(text + "\n\nCommand: `xsam-precision "
                     + " ".join(sys.argv[1:] if argv is None else argv) + "`\n")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

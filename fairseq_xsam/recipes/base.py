@@ -4,8 +4,9 @@ commands and hydra configs built from one table of settings, the run layout
 and skipping finished runs, ``fairseq-generate`` with a check that every test sentence was
 translated, sacreBLEU scoring, checkpoint averaging, SentencePiece and ``fairseq-preprocess``.
 
-Each recipe's ``recipe.py`` holds its table and its options and calls these functions; nothing
-here knows a data set.
+Each recipe module (:mod:`.multi30k`, :mod:`.iwslt14`) holds its table and its options and
+calls these functions; nothing here knows a data set. Logs are read by
+:mod:`fairseq_xsam.report.logs`.
 """
 
 from __future__ import annotations
@@ -16,15 +17,17 @@ import math
 import os
 import re
 import shlex
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-ROOT = Path(__file__).resolve().parent.parent
-USER_DIR = ROOT / "fairseq_xsam"
+from ..report.logs import log_timing
+
+#: the repository (this package is installed from it in place: pip install -e)
+ROOT = Path(__file__).resolve().parents[2]
+USER_DIR = ROOT / "fairseq_xsam"  # fairseq's --user-dir: the same absolute path as before
 OPTIMIZERS = ("adamw", "sam", "xsam", "fixed", "msam", "msam+", "lsam", "lsam+")
 # The rows every recipe's table shares for SAM/XSAM: the paper's IWSLT14 settings (Chen & Zhou,
 # ICLR 2026, appendix D.3: rho 0.15, rho' = 3 rho); "xsam" rows apply to every OPT but adamw,
@@ -208,112 +211,6 @@ def run_tee(command: Sequence[str], log: Path, env: Optional[dict] = None,
                 sys.stdout.write(line)
                 sys.stdout.flush()
         return proc.wait()
-
-
-# ----------------------------------------------------------------------------- runs
-
-TRAIN_EPOCH_RE = re.compile(r"\| train \| epoch (\d+) \| (.*)$")
-
-
-def last_train_stats(log_text: str) -> Dict[str, float]:
-    """The fields of the last end-of-epoch 'train' line of a fairseq log (num_updates, ...;
-    its train_wall is that epoch's training seconds only: see :func:`training_seconds`)."""
-    stats: Dict[str, float] = {}
-    for line in log_text.splitlines():
-        m = TRAIN_EPOCH_RE.search(line)
-        if m:
-            stats = {"epoch": float(m.group(1)), **log_fields(m.group(2))}
-    return stats
-
-
-def epoch_fields(log_text: str) -> Dict[int, Dict[str, float]]:
-    """The numeric fields of every epoch's end-of-epoch 'train' line. An epoch logged twice (a
-    run killed after the line, before its checkpoint, then resumed) counts with its last line;
-    the study's runs checkpoint at epoch ends, so a resumed epoch is trained again from its
-    start and that line covers all of it."""
-    per_epoch: Dict[int, Dict[str, float]] = {}
-    for line in log_text.splitlines():
-        m = TRAIN_EPOCH_RE.search(line)
-        if m:
-            per_epoch[int(m.group(1))] = log_fields(m.group(2))
-    return per_epoch
-
-
-def training_seconds(log_text: str) -> Optional[float]:
-    """Seconds spent in training steps over the whole run: the sum of each epoch's train_wall
-    (fairseq resets that meter every epoch)."""
-    walls = [f["train_wall"] for f in epoch_fields(log_text).values() if "train_wall" in f]
-    return sum(walls) if walls else None
-
-
-def epoch_rates(log_text: str) -> Dict[str, float]:
-    """Updates per second of training of every epoch: its updates over its train_wall."""
-    rates, before = {}, 0.0
-    for epoch, f in sorted(epoch_fields(log_text).items()):
-        updates, wall = f.get("num_updates"), f.get("train_wall")
-        if updates is not None and wall and updates > before:
-            rates[str(epoch)] = (updates - before) / wall
-        before = updates if updates is not None else before
-    return rates
-
-
-def median_rate(log_text: str) -> Optional[float]:
-    """The median over epochs of :func:`epoch_rates`: the training speed, robust to an epoch in
-    which the machine stalled (a paused or overloaded machine inflates that epoch's train_wall)."""
-    rates = list(epoch_rates(log_text).values())
-    return statistics.median(rates) if rates else None
-
-
-def log_timing(log_text: str) -> Dict[str, Optional[float]]:
-    """A run's cost read from its train.log alone (the same whenever and by whom it was read):
-    updates, wall-clock of every fairseq process that wrote the log (:func:`session_walls`),
-    training seconds (:func:`training_seconds`), updates/s (:func:`median_rate`) and the day of
-    its last line (``day``, YYYY-MM-DD: every session runs on a machine of its own)."""
-    stats, walls = last_train_stats(log_text), session_walls(log_text)
-    last = next((m.group(1) for m in map(STAMP_RE.match, reversed(log_text.splitlines())) if m),
-                None)
-    return {"updates": int(stats["num_updates"]) if "num_updates" in stats else None,
-            "wall_s": sum(walls) if walls else None, "processes": len(walls) or None,
-            "train_wall_s": training_seconds(log_text), "updates_per_s": median_rate(log_text),
-            "day": last[:10] if last else None}
-
-
-#: the first line of every fairseq-train process: its configuration
-SESSION_START_RE = re.compile(r"\| fairseq_cli\.train \| \{'_name'")
-STAMP_RE = re.compile(r"^(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}) \|")
-
-
-def session_walls(log_text: str) -> List[float]:
-    """Seconds from the first to the last timestamped line of every fairseq-train process that
-    wrote to this log (a new process starts with its configuration line), killed ones too."""
-    walls: List[float] = []
-    first = last = None
-    for line in log_text.splitlines():
-        m = STAMP_RE.match(line)
-        if not m:
-            continue
-        stamp = time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S"))
-        if SESSION_START_RE.search(line) and first is not None:
-            walls.append(last - first)
-            first = None
-        if first is None:
-            first = stamp
-        last = stamp
-    if first is not None:
-        walls.append(last - first)
-    return walls
-
-
-def log_fields(text: str) -> Dict[str, float]:
-    """The numeric 'key value' fields of a fairseq log message 'a 1 | b 2 | ...'."""
-    out = {}
-    for part in text.split(" | "):
-        key, _, value = part.strip().partition(" ")
-        try:
-            out[key] = float(value)
-        except ValueError:
-            pass
-    return out
 
 
 def run_training(run: Path, command: Sequence[str], prog: str, env: Optional[dict] = None,

@@ -14,7 +14,7 @@ preset; outputs under ``work/demo/`` unless ``--out``:
 3. ``evaluate`` the best checkpoint (validation loss) of each on test2016_flickr,
    test2017_flickr and test2017_mscoco (beam 5, every sentence), sacreBLEU against the raw
    references;
-4. the report of ``scripts/compare_bleu.py`` (BLEU per test set, paired bootstrap tests, alpha,
+4. the report of ``xsam-report`` (BLEU per test set, paired bootstrap tests, alpha,
    cost, plots), the committed converged study's table (3 seeds, 20 epochs) beside it, and this
    run's timings: ``report.md``, ``valid_loss.png``, ``bleu.png``, ``alpha.png``.
 
@@ -28,16 +28,14 @@ import json
 import os
 import platform
 import shutil
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-sys.path.insert(0, str(ROOT / "recipes" / "multi30k_de_en"))
-import compare_bleu  # noqa: E402  (scripts/compare_bleu.py: the report and its plots)
-import recipe  # noqa: E402  (the Multi30k recipe: prepare, train, evaluate)
-import study  # noqa: E402  (the Multi30k study: its plan and the rho it chose)
+from .. import report as reporting  # the report and its plots
+from . import multi30k as recipe  # the Multi30k recipe: prepare, train, evaluate
+from . import study  # the Multi30k study: its plan and the rho it chose
+
+ROOT = recipe.ROOT
 
 OPTIMIZERS = ("adamw", "sam", "xsam")
 STUDY = ROOT / "docs" / "results" / "multi30k"
@@ -58,11 +56,11 @@ def study_rho(opt):
 def study_section(epochs):
     """The converged study's sacreBLEU table (every committed seed of adamw, sam and xsam),
     to read beside this short run."""
-    runs = [compare_bleu.load_run(p, allow_missing=False)
+    runs = [reporting.load_run(p, allow_missing=False)
             for p in sorted((STUDY / "runs").glob("*-seed*"))
-            if compare_bleu.label_and_seed(p)[0] in OPTIMIZERS]
-    groups = compare_bleu.group(runs)
-    sets = compare_bleu.test_sets(runs)
+            if reporting.label_and_seed(p)[0] in OPTIMIZERS]
+    groups = reporting.group(runs)
+    sets = reporting.test_sets(runs)
     lines = ["", "## Beside it: the converged study (committed, not rerun here)", "",
              "sacreBLEU, mean ± sample std over seeds, of the Multi30k study "
              "(docs/results/multi30k/report.md): the study's 3+3-layer model trained 20 epochs to "
@@ -72,7 +70,7 @@ def study_section(epochs):
     for opt, members in groups.items():
         rho = study_rho(opt)
         lines.append(f"| {opt} | {rho if rho is not None else '–'} | " + " | ".join(
-            compare_bleu.fmt_n([float(r["scores"][t]["sacrebleu"]) for r in members
+            reporting.fmt_n([float(r["scores"][t]["sacrebleu"]) for r in members
                                 if t in r["scores"]]) for t in sets) + " |")
     lines += ["", f"What each can show: this demo's {epochs}-epoch run (one seed, a smaller "
               "model, far from converged) checks the whole pipeline and shows the cost of each "
@@ -110,11 +108,11 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
                    help="the recipe's tiny preset: a pipeline check (a minute or two)")
-    p.add_argument("--epochs", type=recipe.common.int_at_least(1),
+    p.add_argument("--epochs", type=recipe.base.int_at_least(1),
                    help="epochs per optimizer (default: the preset's; demo 2, quick 1)")
     p.add_argument("--out", type=Path,
                    help="output folder (default: work/demo, quick: work/demo-quick)")
-    p.add_argument("--threads", type=recipe.common.int_at_least(1), default=2,
+    p.add_argument("--threads", type=recipe.base.int_at_least(1), default=2,
                    help="torch threads (default: 2)")
     args = p.parse_args(argv)
     t0 = time.time()
@@ -141,10 +139,10 @@ def main(argv=None):
                               "--quiet"])
         timing = json.loads((runs / f"{opt}-seed1" / "timing.json").read_text())
         timings[opt] = (timing, time.time() - start)
-    loaded = [compare_bleu.load_run(runs / f"{opt}-seed1", allow_missing=False)
+    loaded = [reporting.load_run(runs / f"{opt}-seed1", allow_missing=False)
               for opt in OPTIMIZERS]
-    rescored = compare_bleu.rescore(loaded, None)
-    compare_bleu.report(loaded, out, "CPU demo: AdamW vs SAM vs XSAM on Multi30k de-en",
+    rescored = reporting.rescore(loaded, None)
+    reporting.report(loaded, out, "CPU demo: AdamW vs SAM vs XSAM on Multi30k de-en",
                         "One seed, a short training: it shows the pipeline, not converged "
                         "BLEU (see docs/results/multi30k for the study).", rescored=rescored)
     total = time.time() - t0

@@ -16,7 +16,7 @@ directions, batches, checkpoint (and the details: residuals, L(θ), stderr, ...)
 checkpoint's data folder is used unless --data is given. Attention runs with PyTorch's "math"
 kernel (fused kernels have no double backward).
 
-    python scripts/sharpness.py checkpoints/xsam/checkpoint_best.pt \
+    xsam-flatness checkpoints/xsam/checkpoint_best.pt \
         --data data-bin/iwslt14.tokenized.de-en --batches 8 --directions 250 \
         --out checkpoints/xsam/eval/sharpness.json
 """
@@ -32,13 +32,9 @@ import os
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+import torch
 
-import torch  # noqa: E402
-
-logger = logging.getLogger("sharpness")
+logger = logging.getLogger("xsam-flatness")
 
 
 # --------------------------------------------------------------------------- option checks
@@ -65,7 +61,7 @@ def write_json(path, obj) -> None:
 
 
 def add_data_options(p, batches_default):
-    """Options shared with scripts/plane_surface.py: what to load and which batches."""
+    """Options shared with xsam-plane: what to load and which batches."""
     p.add_argument("checkpoint", help="a fairseq checkpoint (.pt)")
     p.add_argument("--data", default=None,
                    help="data-bin folder (default: the one stored in the checkpoint)")

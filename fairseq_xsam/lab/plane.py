@@ -14,7 +14,7 @@ on the plane), g_k (= v, SAM) and d(α*) (XSAM), the ascent points θ_1..θ_k, t
 --rho/--probe-rho/--ascent-steps/--alpha-max/--alpha-step/--adaptive default to the checkpoint's
 xsam_adamw settings (otherwise 0.15 / 0.45 / 1 / 2.0 / 0.1 / off).
 
-    python scripts/plane_surface.py checkpoints/xsam/checkpoint_best.pt \
+    xsam-plane checkpoints/xsam/checkpoint_best.pt \
         --data data-bin/iwslt14.tokenized.de-en --grid 31 --out plane.png --json plane.json
 """
 
@@ -27,13 +27,9 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sharpness import ROOT, add_data_options, checked, load_setup, write_json  # noqa: E402
+import torch
 
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-import torch  # noqa: E402
+from .flatness import add_data_options, checked, load_setup, write_json
 
 POSITIVE = "allowed: a number > 0"
 DEFAULTS = {"rho": 0.15, "probe_rho": 0.45, "ascent_steps": 1, "alpha_max": 2.0,

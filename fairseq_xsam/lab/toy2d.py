@@ -1,6 +1,6 @@
 """The paper's Figure 3(a): SGD, SAM and XSAM on the 2-D sharp/flat function (PNG).
 
-    python scripts/toy2d.py --out docs/results/toy2d.png
+    xsam-toy2d --out docs/results/toy2d.png
 """
 
 import argparse
