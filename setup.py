@@ -24,6 +24,7 @@ setup(
     # every command the README shows, in fairseq's habit (fairseq-train, fairseq-generate)
     entry_points={"console_scripts": [
         "xsam-report = fairseq_xsam.report.cli:main",
+        "xsam-run-record = fairseq_xsam.report.run_record:main",
         "xsam-bench = fairseq_xsam.bench.cli:main",
         "xsam-precision = fairseq_xsam.bench.precision:main",
         "xsam-gpu-check = fairseq_xsam.bench.gpu_check:main",

@@ -625,3 +625,32 @@ def test_until_is_a_time_in_the_future(capsys, tmp_path, plan):
         study.main(["run", "--plan", str(tmp_path / "plan.toml"), "--until", "soon"])
     err = capsys.readouterr().err
     assert "--until" in err and "allowed: HH:MM" in err
+
+
+@pytest.mark.parametrize("argv", [
+    ["xsam", "1", "--rho", "0.05", "--cpu", "--", "--alpha-max", "auto"],
+    ["sam", "2", "--rho", "0.1", "--ascent-steps", "3", "--epoch-checkpoints", "--cpu"],
+    ["fixed", "1", "--rho", "0.05", "--alpha", "2", "--cpu", "--preset", "demo"],
+    ["adamw", "3", "--cpu", "--preset", "tiny", "--label", "base"],
+])
+def test_run_json_from_the_table_equals_the_one_migrated_from_its_command(argv):
+    """train.sh's run.json (from the settings table) equals what the one-off migration of a
+    committed run reads back from the same command; the report's ρ comes from it."""
+    from fairseq_xsam.report import run_record
+    from fairseq_xsam.report.runs import rho_of
+
+    args, run, command = recipe.train_args(argv)
+    assert args.record == run_record.from_command(command)
+    assert args.record["command"] == [str(c) for c in command]
+    rho = argv[argv.index("--rho") + 1] if "--rho" in argv else None
+    assert rho_of({"record": args.record}) == (None if rho is None else float(rho))
+
+
+def test_committed_runs_have_a_run_json_that_matches_their_command():
+    from fairseq_xsam.report import run_record
+
+    runs = sorted((ROOT / "docs" / "results" / "demo-multi30k-cpu" / "runs").glob("*-seed*"))
+    assert len(runs) == 3
+    for run in runs:
+        words = shlex.split((run / "command.txt").read_text())
+        assert run_record.read(run) == run_record.from_command(words), run

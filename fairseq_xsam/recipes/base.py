@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from ..report import run_record
 from ..report.logs import log_timing
 
 #: the repository (this package is installed from it in place: pip install -e)
@@ -214,17 +215,20 @@ def run_tee(command: Sequence[str], log: Path, env: Optional[dict] = None,
 
 
 def run_training(run: Path, command: Sequence[str], prog: str, env: Optional[dict] = None,
-                 echo: bool = True) -> dict:
+                 echo: bool = True, record: Optional[dict] = None) -> dict:
     """Trains into ``run`` (``RUN/command.txt``, ``train.log``, ``checkpoints/``), resuming from
     ``checkpoint_last.pt`` when the run was interrupted, and skipping it when ``timing.json``
     says that it finished. A run directory holding another command is refused. Returns the
     timing: wall-clock of every session (seconds), the updates, the seconds spent in training
-    steps (:func:`training_seconds`) and updates per second of training."""
+    steps and updates per second of training (:func:`fairseq_xsam.report.logs.log_timing`);
+    ``record`` (:mod:`fairseq_xsam.report.run_record`) becomes ``RUN/run.json``."""
     line = shell_join(command)
     cmd_file, timing_file = run / "command.txt", run / "timing.json"
     if cmd_file.exists() and cmd_file.read_text().strip() != line:
         raise SystemExit(f"{prog}: {run} already holds a run with a different command "
                          f"(see {cmd_file}); choose another --runs folder or label, or remove it")
+    if record is not None:  # RUN/run.json: the run's settings, written once
+        run_record.write(run, record)
     timing = json.loads(timing_file.read_text()) if timing_file.exists() else {"sessions": []}
     if timing.get("finished"):
         print(f"{prog}: {run} has finished (timing.json); nothing to do", flush=True)
@@ -255,16 +259,10 @@ def run_training(run: Path, command: Sequence[str], prog: str, env: Optional[dic
     return timing
 
 
-def data_from_command(run: Path) -> Optional[str]:
-    """The data folder of the run's command.txt."""
-    f = run / "command.txt"
-    if not f.exists():
-        return None
-    words = shlex.split(f.read_text())
-    for i, w in enumerate(words[:-1]):
-        if w in ("fairseq_cli.train", "fairseq-train") or w.endswith("/fairseq-train"):
-            return words[i + 1]
-    return None
+def run_data(run: Path) -> Optional[str]:
+    """The data folder the run trained on (its run.json), None without one."""
+    rec = run_record.read(run)
+    return rec["data"] if rec else None
 
 
 def parse_evaluate_args(parser: argparse.ArgumentParser, argv: Sequence[str]):

@@ -8,7 +8,8 @@ Subcommands (``--help`` on each lists every option):
     adamw = ``--optimizer adam`` (fairseq's Adam with decoupled weight decay); the others
     ``--optimizer xsam_adamw --sam-variant OPT`` (rho 0.15, probe-rho 0.45; xsam searches alpha
     at the first update of every epoch). Writes ``RUNS/<OPT>-seed<SEED>/``: ``command.txt`` (the
-    exact command), ``train.log`` (fairseq's stdout+stderr, also shown live), ``checkpoints/``.
+    exact command), ``run.json`` (its settings as data),
+    ``train.log`` (fairseq's stdout+stderr, also shown live), ``checkpoints/``.
     Running the same command again resumes from ``checkpoint_last.pt``.
 ``evaluate CKPT``  CKPT is a checkpoint file or a run directory (its ``checkpoint_best.pt``, or
     the average of its last N epoch checkpoints with ``--average-last N``). Runs
@@ -36,6 +37,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
+from ..report import run_record
 from . import base
 from . import iwslt14_prepare as prepare  # the test set's files and clean-up
 from .base import (  # noqa: F401  (the recipe's names for the tests and the GPU check)
@@ -206,14 +208,17 @@ def train_main(argv: Sequence[str]) -> int:
                      f"--keep-last-epochs = {keep}, or raise --keep-last-epochs)")
     run = run_dir(args.runs, args.opt, args.seed)
     try:
-        command = train_command(
-            args.opt, args.seed, args.data, run / "checkpoints", extra,
+        settings = train_settings(
+            args.opt, seed=args.seed,
             rho=args.rho, probe_rho=args.probe_rho, alpha=args.alpha,
             ascent_steps=args.ascent_steps, alpha_search=args.alpha_search,
             max_epoch=args.max_epoch, keep_last_epochs=args.keep_last_epochs,
             fp16=not args.no_fp16, cpu=args.cpu, eval_bleu=not args.no_eval_bleu)
     except ValueError as e:
         parser.error(str(e))
+    command = base.train_command(settings, args.data, run / "checkpoints", extra)
+    record = run_record.record(command, args.data, run / "checkpoints",
+                               run_record.settings_of(settings, base.NAME_FLAGS), extra)
     if args.dry_run:
         print(shell_join(command))
         return 0
@@ -222,7 +227,7 @@ def train_main(argv: Sequence[str]) -> int:
     if not Path(args.data).is_dir():
         raise SystemExit(f"train.sh: --data {args.data} is not a directory (binarize IWSLT14 "
                          "with recipes/iwslt14_de_en/prepare.sh first)")
-    base.run_training(run, command, "train.sh")
+    base.run_training(run, command, "train.sh", record=record)
     if args.average_last:
         paths = last_epoch_checkpoints(run / "checkpoints", args.average_last)
         out = average_checkpoints(
@@ -238,7 +243,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
                                 "set; tokenized BLEU and sacreBLEU; <run>/eval/bleu.json.",
                                 epilog="Arguments after -- go to fairseq-generate unchanged.")
     p.add_argument("checkpoint", metavar="CKPT", help="checkpoint file, or a run directory")
-    p.add_argument("--data", help="binarized data (default: the data of the run's command.txt, "
+    p.add_argument("--data", help="binarized data (default: the data of the run's run.json, "
                    f"else env DATA or {DEFAULT_DATA})")
     p.add_argument("--average-last", type=_int_at_least(1), metavar="N",
                    help="evaluate the average of the run's last N epoch checkpoints")
@@ -265,7 +270,7 @@ def evaluate_main(argv: Sequence[str]) -> int:
     args, extra, run, ckpt_dir, checkpoint = base.parse_evaluate_args(parser, argv)
     if args.average_last:
         checkpoint = ckpt_dir / f"checkpoint_avg_last{args.average_last}.pt"
-    data = args.data or base.data_from_command(run) or os.environ.get("DATA", DEFAULT_DATA)
+    data = args.data or base.run_data(run) or os.environ.get("DATA", DEFAULT_DATA)
     out = Path(args.out) if args.out else run / "eval"
     command = generate_command(data, checkpoint, out, batch_size=args.batch_size,
                                beam=args.beam, cpu=args.cpu, extra=extra)

@@ -15,7 +15,8 @@ Subcommands (``--help`` on each lists every option):
     adamw = ``--optimizer adam`` (decoupled weight decay); the others ``--optimizer xsam_adamw
     --sam-variant OPT`` (``--rho R``, ``--probe-rho`` = 3R unless given; xsam searches alpha at
     the first update of every epoch). Writes ``RUNS/<LABEL>-seed<SEED>/`` (LABEL = OPT unless
-    ``--label``): ``command.txt``, ``train.log``, ``timing.json``, ``checkpoints/`` (only
+    ``--label``): ``command.txt``, ``run.json`` (the settings as data),
+    ``train.log``, ``timing.json``, ``checkpoints/`` (only
     ``checkpoint_best.pt``, best validation loss, and ``checkpoint_last.pt``). The same command
     again resumes an interrupted run and skips a finished one.
 ``evaluate RUN|CKPT``  ``fairseq-generate`` (beam 5) of ``checkpoint_best.pt`` on each test
@@ -50,6 +51,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from ..report import run_record
 from . import base
 from .base import OPTIMIZERS, shell_join
 
@@ -340,7 +342,10 @@ def train_args(argv: Sequence[str]):
         parser.error(str(e))
     args.data = args.data or default_data(args.preset)
     run = base.run_dir(args.runs, label, args.seed)
-    return args, run, base.train_command(settings, args.data, run / "checkpoints", extra)
+    command = base.train_command(settings, args.data, run / "checkpoints", extra)
+    args.record = run_record.record(command, args.data, run / "checkpoints",
+                                    run_record.settings_of(settings, base.NAME_FLAGS), extra)
+    return args, run, command
 
 
 def train_main(argv: Sequence[str]) -> int:
@@ -353,7 +358,8 @@ def train_main(argv: Sequence[str]) -> int:
     if not (Path(args.data) / "manifest.json").is_file():
         raise SystemExit(f"train.sh: --data {args.data} is not a prepared Multi30k folder (run "
                          f"recipes/multi30k_de_en/prepare.sh --preset {args.preset} first)")
-    timing = base.run_training(run, command, "train.sh", echo=not args.quiet)
+    timing = base.run_training(run, command, "train.sh", echo=not args.quiet,
+                               record=args.record)
     print(f"train.sh: {run}: {timing['updates']} updates, {timing['wall_s']:.0f} s wall-clock, "
           f"{timing['updates_per_s']} updates/s of training", flush=True)
     return 0
@@ -367,7 +373,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
                                 epilog="Arguments after -- go to fairseq-generate unchanged.")
     p.add_argument("checkpoint", metavar="RUN|CKPT", help="a run directory (its "
                    "checkpoints/checkpoint_best.pt) or a checkpoint file")
-    p.add_argument("--data", help="prepared data (default: the data of the run's command.txt)")
+    p.add_argument("--data", help="prepared data (default: the data of the run's run.json)")
     p.add_argument("--preset", choices=PRESETS, default="study",
                    help="the sharpness settings of this preset (default study)")
     p.add_argument("--batch-size", type=base.int_at_least(1), default=128,
@@ -396,9 +402,9 @@ def flatness_command(checkpoint, data, out, preset: str, cpu: bool) -> Optional[
 def evaluate_main(argv: Sequence[str]) -> int:
     parser = evaluate_parser()
     args, extra, run, _, checkpoint = base.parse_evaluate_args(parser, argv)
-    data = args.data or base.data_from_command(run)
+    data = args.data or base.run_data(run)
     if data is None:
-        parser.error(f"argument --data: required ({run} has no command.txt to take it from)")
+        parser.error(f"argument --data: required ({run} has no run.json to take it from)")
     out = Path(args.out) if args.out else run / "eval"
     commands = {subset: base.generate_command(
         data, checkpoint, out, batch_size=args.batch_size, beam=args.beam, cpu=args.cpu,

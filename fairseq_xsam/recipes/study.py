@@ -67,7 +67,7 @@ from .study_plan import (  # noqa: F401  (the plan's names, read as study.NAME)
     work_dir,
 )
 
-COMMITTED = ("command.txt", "train.log", "timing.json")  # + eval/*.json, eval/*.hyp.en
+COMMITTED = ("command.txt", "run.json", "train.log", "timing.json")  # + eval/*.json, *.hyp.en
 
 
 def train_argv(plan: dict, run: dict, rho: Optional[float]) -> List[str]:
@@ -90,7 +90,8 @@ def copy_results(plan: dict, run: dict, extra: dict) -> Path:
     src, dst = work_dir(plan, run), results_dir(plan, run)
     (dst / "eval").mkdir(parents=True, exist_ok=True)
     for f in COMMITTED[:-1]:
-        shutil.copy2(src / f, dst / f)
+        if f != "run.json" or (src / f).exists():  # runs begun before run.json have none
+            shutil.copy2(src / f, dst / f)
     for f in sorted((src / "eval").glob("*.json")) + sorted((src / "eval").glob("*.hyp.en")) \
             if (src / "eval").is_dir() else []:
         shutil.copy2(f, dst / "eval" / f.name)

@@ -8,6 +8,7 @@ import statistics
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from . import run_record
 from .logs import log_timing, parse_train_log
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: references named in bleu.json
@@ -43,6 +44,7 @@ def load_run(run: Path, allow_missing: bool) -> dict:
         raise ReportError(f"{run}: no train.log (not a train.sh run directory)")
     info = {"run": run, "name": run.name, "label": label, "seed": seed,
             **parse_train_log(log.read_text(encoding="utf-8", errors="replace"))}
+    info["record"] = run_record.read(run)  # run.json: the run's settings
     cmd = run / "command.txt"
     info["command"] = cmd.read_text().strip() if cmd.is_file() else None
     bleu = run / "eval" / "bleu.json"
@@ -133,6 +135,7 @@ def test_sets(runs: List[dict]) -> List[str]:
     return names
 
 
-def rho_of(command: Optional[str]) -> Optional[float]:
-    words = (command or "").split()
-    return float(words[words.index("--rho") + 1]) if "--rho" in words else None
+def rho_of(info: dict) -> Optional[float]:
+    """The run's ρ (``rho`` of its run.json), None without one (AdamW)."""
+    rho = (info.get("record") or {"settings": {}})["settings"].get("rho")
+    return None if rho is None else float(rho)

@@ -106,12 +106,12 @@ MULTI_SCORING = ("sacreBLEU scores the detokenized (SentencePiece-decoded) hypot
 
 
 def sweep_rows(sweep: List[dict]) -> List[dict]:
-    """The ρ sweep: per run, ρ (from command.txt) and the best validation loss and its epoch."""
+    """The ρ sweep: per run, ρ (from run.json) and the best validation loss and its epoch."""
     rows = []
     for r in sweep:
         losses = {e: v["loss"] for e, v in r["valid"].items() if "loss" in v}
         best = min(losses, key=lambda e: (losses[e], e)) if losses else None
-        rows.append({"run": r["name"], "label": r["label"], "rho": rho_of(r["command"]),
+        rows.append({"run": r["name"], "label": r["label"], "rho": rho_of(r),
                      "best_loss": losses.get(best), "best_epoch": best,
                      "epochs": max(losses) if losses else None, "updates": r["updates"]})
     return rows
