@@ -19,9 +19,9 @@ from .runs import (
                    test_sets,
 )
 from .stats import pairs, read_hypotheses, read_lines, read_references, rescore, significance
-from .tables import cost_rows, report, report_multi, sweep_rows
+from .tables import CostRow, cost_rows, report, report_multi, sweep_rows
 
-__all__ = ["ORDER", "ReportError", "bleu_by_test_set", "cost_rows", "edge_pinned", "fmt",
+__all__ = ["CostRow", "ORDER", "ReportError", "bleu_by_test_set", "cost_rows", "edge_pinned", "fmt",
            "fmt_n", "group", "label_and_seed", "load_run", "log_timing", "main", "mean_std",
            "pairs", "parse_train_log", "plots", "read_hypotheses", "read_lines",
            "read_references", "report", "report_multi", "rescore", "significance", "summarise",
