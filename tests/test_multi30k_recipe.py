@@ -654,3 +654,32 @@ def test_committed_runs_have_a_run_json_that_matches_their_command():
     for run in runs:
         words = shlex.split((run / "command.txt").read_text())
         assert run_record.read(run) == run_record.from_command(words), run
+
+
+def test_report_puts_every_validation_only_run_in_the_sweep_table(tmp_path, monkeypatch):
+    """A sweep point added later with sweep = false (so the chosen ρ of finished runs stays)
+    and evaluate = false is still a validation-only run: the report's sweep table lists it,
+    and the chosen ρ does not move."""
+    path = tmp_path / "plan.toml"
+    path.write_text(PLAN.format(runs=tmp_path / "runs", results=tmp_path / "results") + """
+[[run]]
+label = "sweep/{opt}-rho{rho}"
+opt = "xsam"
+rho = [0.05]
+evaluate = false
+args = ["--max-epoch", "1"]
+""")
+    plan = study.load_plan(path)
+    for name, loss in (("sweep/sam-rho0.1-seed1", 4.1), ("sweep/sam-rho0.2-seed1", 4.2),
+                       ("sweep/xsam-rho0.1-seed1", 4.1), ("sweep/xsam-rho0.2-seed1", 4.2),
+                       ("sweep/xsam-rho0.05-seed1", 4.0), ("xsam-seed1", 3.9)):
+        finish(plan, name, valid_log([loss]))
+    seen = {}
+    monkeypatch.setattr(study.report_cli, "main", lambda argv: seen.setdefault("argv", argv))
+    study.report(plan)
+    argv = seen["argv"]
+    sweep = [Path(a).name for a in argv[argv.index("--sweep") + 1:]]
+    assert sorted(sweep) == ["sam-rho0.1-seed1", "sam-rho0.2-seed1", "xsam-rho0.05-seed1",
+                             "xsam-rho0.1-seed1", "xsam-rho0.2-seed1"]
+    assert [Path(a).name for a in argv[:argv.index("--out")]] == ["xsam-seed1"]
+    assert study.chosen_rho(plan, "xsam") == 0.1  # the later point is not a sweep = true run

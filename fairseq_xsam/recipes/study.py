@@ -204,10 +204,11 @@ def _about(plan: dict, run: dict) -> str:
 
 def report(plan: dict) -> Path:
     res = ROOT / plan["results"]
-    done = [results_dir(plan, r) for r in plan["run"] if is_done(plan, r)]
-    main_runs = [d for d, r in zip(done, [r for r in plan["run"] if is_done(plan, r)])
-                 if not r["sweep"] and r["evaluate"]]
-    sweep = [d for d, r in zip(done, [r for r in plan["run"] if is_done(plan, r)]) if r["sweep"]]
+    finished = [r for r in plan["run"] if is_done(plan, r)]
+    main_runs = [results_dir(plan, r) for r in finished if not r["sweep"] and r["evaluate"]]
+    # the validation-only runs (the sweep's, and any other run that is not scored on the test
+    # sets, e.g. a sweep point added later with sweep = false) go into the sweep table
+    sweep = [results_dir(plan, r) for r in finished if r["sweep"] or not r["evaluate"]]
     if not main_runs:
         raise SystemExit("study: no finished evaluated run to report yet (study.py status)")
     argv = [*map(str, main_runs), "--out", str(res), "--rescore", "--title",
