@@ -46,15 +46,11 @@ def build(datasets, name, extra=(), seed=1):
 
 def batches(task, n, max_sentences):
     """The first n training batches of max_sentences sentences (fixed order)."""
-    itr = task.get_batch_iterator(dataset=task.dataset("train"), max_tokens=100000,
-                                  max_sentences=max_sentences, seed=1, epoch=1,
-                                  required_batch_size_multiple=1).next_epoch_itr(shuffle=False)
-    out = []
-    for sample in itr:
-        out.append(sample)
-        if len(out) == n:
-            return out
-    raise AssertionError(f"only {len(out)} batches")
+    from fairseq_xsam.fairseq.harness import first_batches
+
+    out = first_batches(task, max_sentences, n)
+    assert len(out) == n, f"only {len(out)} batches"
+    return out
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
