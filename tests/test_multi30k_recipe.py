@@ -683,3 +683,28 @@ args = ["--max-epoch", "1"]
                              "xsam-rho0.1-seed1", "xsam-rho0.2-seed1"]
     assert [Path(a).name for a in argv[:argv.index("--out")]] == ["xsam-seed1"]
     assert study.chosen_rho(plan, "xsam") == 0.1  # the later point is not a sweep = true run
+
+
+def test_a_preparation_is_reused_from_any_copy_of_the_corpus_and_only_of_it(tmp_path):
+    """The data-bin is keyed by the corpus's content, not by the checkout's path: a study run
+    from another checkout reuses it, a changed corpus is refused."""
+    import gzip
+    import shutil
+
+    def corpus(name):
+        folder = tmp_path / name
+        shutil.copytree(recipe.SOURCE, folder, ignore=shutil.ignore_patterns("*.md"))
+        return folder
+
+    first, moved, changed = corpus("a"), corpus("b"), corpus("c")
+    lines = gzip.decompress((changed / "train.en.gz").read_bytes()).decode().splitlines()
+    lines[0] = lines[0] + " (edited)"
+    (changed / "train.en.gz").write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    out, messages = tmp_path / "bin", []
+    settings = dict(vocab=300, train_lines=400, test_lines=40)
+    made = recipe.prepare(out, source=first, log=messages.append, **settings)
+    assert made["sizes"]["train"] == 400 and not any("prepared already" in m for m in messages)
+    again = recipe.prepare(out, source=moved, log=messages.append, **settings)
+    assert again == made and "is prepared already" in messages[-1]
+    with pytest.raises(SystemExit, match="prepared with other settings"):
+        recipe.prepare(out, source=changed, log=messages.append, **settings)

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
 import json
 import os
 import re
@@ -208,14 +209,22 @@ def reference_file(data, testset: str) -> Path:
     return Path(data) / "raw" / f"{testset}.{TGT}"
 
 
+def source_digest(source: Path = SOURCE) -> str:
+    """SHA-256 over the names and bytes of the source corpus files: the data's identity, so that
+    a preparation is reused from any checkout of the same corpus and never from another one."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(source).glob("*.gz")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def prepare(out, *, vocab: int, train_lines: Optional[int], test_lines: Optional[int] = None,
             workers: int = 1, source: Path = SOURCE, log=print) -> dict:
     """Unpacks, SentencePiece-encodes and binarizes Multi30k into ``out``; returns the manifest.
     A folder already holding a finished preparation with the same settings is kept."""
     out = Path(out)
     settings = {"vocab": vocab, "train_lines": train_lines, "test_lines": test_lines,
-                "source": str(source),
-                "test_sets": TEST_SETS}
+                "source_sha256": source_digest(source), "test_sets": TEST_SETS}
     manifest_file = out / "manifest.json"
     if manifest_file.exists():
         manifest = json.loads(manifest_file.read_text())
