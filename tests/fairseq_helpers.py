@@ -1,4 +1,5 @@
-"""Tiny fairseq translation data and trainers for the tests (CPU, seconds)."""
+"""Tiny fairseq translation data and trainers for the tests (CPU, seconds), and what the tests
+read from or inject into a trainer (its descent gradient, a poisoned criterion)."""
 
 from __future__ import annotations
 
@@ -36,3 +37,31 @@ def batches(task, trainer, max_sentences, n):
 
 def flat_params(model):
     return torch.cat([p.detach().reshape(-1).float() for p in model.parameters()])
+
+
+def close(a, b, rel=1e-5):
+    """‖a − b‖ ≤ rel·‖b‖: float32 round-off, measured on the whole vector."""
+    return float((a - b).norm()) <= rel * float(b.norm())
+
+
+def descent_grad(trainer):
+    inner = trainer.optimizer
+    params = inner.fp32_optimizer.params if hasattr(inner, "fp32_optimizer") else inner.params
+    return torch.cat([p.grad.reshape(-1).double() for p in params])
+
+
+def poison(criterion, bad_calls, probes_only=False, value=float("nan")):
+    """Makes the criterion's loss NaN (or ``value``) on the chosen calls (1 = the trainer's own
+    pass)."""
+    forward = criterion.forward
+    calls = [0]
+
+    def wrapped(model, sample, *a, **k):
+        loss, size, log = forward(model, sample, *a, **k)
+        calls[0] += 1
+        if calls[0] in bad_calls and (not probes_only or not torch.is_grad_enabled()):
+            loss = loss * value
+        return loss, size, log
+
+    criterion.forward = wrapped
+    return calls

@@ -213,7 +213,7 @@ def evaluate_figures(ctx):
 
 
 def cuda_test_files() -> List[str]:
-    return sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py")
+    return sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("test_*.py")
                   if "pytest.mark.cuda" in p.read_text(encoding="utf-8"))
 
 

@@ -6,7 +6,7 @@ fairseq 0.12 calls ``torch.load`` with that default. Its checkpoints hold only t
 types, found with ``torch.serialization.get_unsafe_globals_in_checkpoint`` (and a BUILD check:
 the dtype classes below are never named in the file) over real checkpoints of fairseq-train with
 ``xsam_adamw`` and stock ``adam``, fp32 / ``--fp16`` / ``--amp``, with and without ``--eval-bleu``,
-averaged checkpoints and fairseq-hydra-train; ``tests/test_safe_loading.py`` writes them again
+averaged checkpoints and fairseq-hydra-train; ``tests/fairseq/test_safe_loading.py`` writes them again
 and checks that each loads with exactly this list:
 
 - ``argparse.Namespace``: ``fairseq-train`` parses its command line into a Namespace and

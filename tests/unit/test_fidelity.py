@@ -219,7 +219,7 @@ def test_xsam_fidelity_measures_and_summarizes_a_fairseq_checkpoint(tmp_path):
 
     from fairseq_helpers import TINY_ARCH, make_corpus
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     data = make_corpus(str(tmp_path), n_train=120, n_valid=10)
     save = tmp_path / "run" / "checkpoints"
     env = dict(os.environ, OMP_NUM_THREADS="1")

@@ -6,8 +6,7 @@ import re
 import pytest
 import torch
 from fairseq.logging import metrics
-from fairseq_helpers import batches, build_trainer, flat_params, make_corpus
-from test_fairseq import close, descent_grad
+from fairseq_helpers import batches, build_trainer, close, descent_grad, flat_params, make_corpus
 
 # On the tiny corpus a probe radius of 2 puts the maximum just past α = 2 (α* ≈ 2.1-2.5)
 WIDE = ["--optimizer", "xsam_adamw", "--alpha-search", "1", "--rho", "0.3", "--probe-rho", "2.0"]
@@ -102,9 +101,10 @@ def test_auto_update_freq_two_equals_one_big_batch(data):
 @pytest.mark.filterwarnings(r"ignore:\s*The strict flag in the compose API")
 def test_hydra_config_and_command_line_agree_on_auto(monkeypatch):
     from omegaconf import OmegaConf
-    from test_recipes import ROOT, differences, dry_run, fairseq_cfg, hydra_cfg, recipe
+    from recipe_configs import ROOT, differences, dry_run, fairseq_cfg, hydra_cfg
 
     from fairseq_xsam.fairseq.optimizer import XSAMAdamW
+    from fairseq_xsam.recipes import iwslt14 as recipe
 
     monkeypatch.chdir(ROOT)
     cli = fairseq_cfg(dry_run("xsam", "--data", "d", "--", "--alpha-max", "auto",
@@ -127,7 +127,7 @@ def test_hydra_config_and_command_line_agree_on_auto(monkeypatch):
 
 @pytest.mark.parametrize("local", [False, True], ids=["synchronised", "local-ascent"])
 def test_two_processes_agree_on_the_expanded_alpha(tmp_path, local):
-    from test_ddp import assert_ranks_agree, run_two_ranks
+    from ddp_run import assert_ranks_agree, run_two_ranks
 
     data = make_corpus(str(tmp_path / "corpus"), n_train=201)
     _, (r0, r1) = run_two_ranks(
@@ -154,7 +154,7 @@ def as_saved_before_auto_existed(save_dir):
 
 
 def test_sigkill_and_resume_with_auto_is_bit_exact_also_from_an_old_checkpoint(tmp_path):
-    from test_resume import sigkill_then_resume_is_bit_exact
+    from resume_run import sigkill_then_resume_is_bit_exact
 
     lines, searches = sigkill_then_resume_is_bit_exact(
         tmp_path, ["--alpha-max", "auto", "--probe-rho", "2.0"],

@@ -24,7 +24,7 @@ from fairseq_xsam.analysis import (
 )
 from fairseq_xsam.core import alpha_grid, sharpness_update
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 #: the commands xsam-flatness and xsam-plane, by their former script names
 MODULES = {"sharpness.py": "fairseq_xsam.lab.flatness", "sharpness": "fairseq_xsam.lab.flatness",
            "plane_surface.py": "fairseq_xsam.lab.plane", "plane_surface": "fairseq_xsam.lab.plane"}

@@ -8,7 +8,7 @@ import sys
 import pytest
 from fairseq_helpers import TINY_ARCH, make_corpus
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 USER_DIR = os.path.join(ROOT, "fairseq_xsam")
 BIN = os.path.dirname(sys.executable)
 

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from fairseq_helpers import batches, build_trainer, flat_params, make_corpus
+from fairseq_helpers import batches, build_trainer, close, descent_grad, flat_params, make_corpus
 
 
 @pytest.fixture(scope="module")
@@ -43,17 +43,6 @@ def reference_descent(model, criterion, samples, rho, alpha):
     phi = torch.arccos(torch.clamp(u @ v, -1, 1))
     d = (torch.sin((1 - alpha) * phi) * u + torch.sin(alpha * phi) * v) / torch.sin(phi)
     return g1.norm() * d, g1
-
-
-def close(a, b, rel=1e-5):
-    """‖a − b‖ ≤ rel·‖b‖: float32 round-off, measured on the whole vector."""
-    return float((a - b).norm()) <= rel * float(b.norm())
-
-
-def descent_grad(trainer):
-    inner = trainer.optimizer
-    params = inner.fp32_optimizer.params if hasattr(inner, "fp32_optimizer") else inner.params
-    return torch.cat([p.grad.reshape(-1).double() for p in params])
 
 
 @pytest.mark.parametrize("variant,alpha", [("fixed", 0.6), ("fixed", 1.7), ("sam", 1.0)])
@@ -201,7 +190,7 @@ def test_smoke_every_variant_trains_in_the_trainer_and_is_not_plain_adamw(data, 
 
 
 # --amp is tested where its loss scaler is live (a CPU GradScaler at 2^10, and on CUDA):
-# tests/test_gpu_path.py, test_amp_with_a_live_loss_scale_matches_fp32 and
+# tests/fairseq/test_gpu_path.py, test_amp_with_a_live_loss_scale_matches_fp32 and
 # test_without_the_glue_fix_fairseq_unscales_amp_gradients_twice. On CPU fairseq's own --amp
 # runs with a disabled scaler and no autocast, i.e. fp32: a comparison there exercises nothing.
 
@@ -250,7 +239,7 @@ def test_clip_norm_applies_to_the_descent_gradient(data):
 
 def test_task_overriding_train_step_is_replayed_through_its_own_train_step(data):
     """A task with its own train_step (keeping its contract) trains: every pass, probes
-    included, goes through it (the probes forward-only); tests/test_tasks.py checks the real
+    included, goes through it (the probes forward-only); tests/fairseq/test_tasks.py checks the real
     fairseq tasks that do this."""
     from fairseq.tasks.translation import TranslationTask
 

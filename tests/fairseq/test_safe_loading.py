@@ -18,7 +18,7 @@ import pytest
 import torch
 from fairseq_helpers import TINY_ARCH, batches, build_trainer, flat_params, make_corpus
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 USER_DIR = str(ROOT / "fairseq_xsam")
 BIN = os.path.dirname(sys.executable)
 ENV_VAR = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TEST_SETS = {"test2016_flickr": "test_2016_flickr", "test2017_flickr": "test_2017_flickr",
              "test2017_mscoco": "test_2017_mscoco"}
 SUBSETS = {"test2016_flickr": "test", "test2017_flickr": "test1", "test2017_mscoco": "test2"}

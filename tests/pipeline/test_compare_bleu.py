@@ -1,7 +1,7 @@
-"""xsam-report (fairseq_xsam.report) on the fixture runs in tests/fixtures/iwslt14_runs (train.log and
-command.txt from real tiny CPU runs of train.sh; BLEU and sharpness values set by hand, see
-tests/fixtures/iwslt14_runs/README.md). Expected numbers are computed here from the fixture files
-with the standard library, independently of the script's parsing."""
+"""xsam-report (fairseq_xsam.report) on the fixture runs in tests/pipeline/fixtures/iwslt14_runs
+(train.log and command.txt from real tiny CPU runs of train.sh; BLEU and sharpness values set by
+hand, see tests/pipeline/fixtures/iwslt14_runs/README.md). Expected numbers are computed here from
+the fixture files with the standard library, independently of the script's parsing."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT / "tests" / "fixtures" / "iwslt14_runs"
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "iwslt14_runs"
 REPORT = [sys.executable, "-m", "fairseq_xsam.report.cli"]  # xsam-report
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

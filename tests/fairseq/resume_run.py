@@ -1,5 +1,7 @@
-"""Interrupted training: SIGKILL right after a checkpoint, resume, and the rest of the run is
-bit-for-bit the run that was never interrupted (losses, gradient norms, α searches, weights)."""
+"""SIGKILL right after a checkpoint, resume, and compare with the run that was never
+interrupted: the check test_resume.py runs for translation and test_tasks.py and
+test_alpha_search.py run for other tasks and options (fairseq-train through
+pause_worker.py, next to this file)."""
 
 import functools
 import os
@@ -14,7 +16,8 @@ from fairseq_helpers import TINY_ARCH, make_corpus
 
 from fairseq_xsam.fairseq.checkpoints import load
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.abspath(__file__))
 TIMING = re.compile(r"(wps|ups|wall|train_wall|gb_free)=[^,\s]+,?\s?")
 
 
@@ -24,7 +27,7 @@ TRANSLATION = ["--task", "translation", *TINY_ARCH, "--criterion",
 
 
 def _command(data, save_dir, extra=(), base=TRANSLATION):
-    return [sys.executable, os.path.join(ROOT, "tests", "pause_worker.py"), data,
+    return [sys.executable, os.path.join(HERE, "pause_worker.py"), data,
             "--user-dir", os.path.join(ROOT, "fairseq_xsam"), "--cpu", *base,
             "--optimizer", "xsam_adamw", "--alpha-search", "3", "--lr", "2e-3",
             "--dropout", "0.1", "--seed", "3", "--max-update", "16", "--max-epoch", "100",
@@ -41,10 +44,6 @@ def per_update(log):
             lines[int(m.group(2))] = TIMING.sub("", m.group(1))
     searches = dict(re.findall(r"XSAM alpha search at update (\d+): (.*)", log))
     return lines, {int(k): v for k, v in searches.items()}
-
-
-def test_sigkill_after_a_checkpoint_then_resume_is_bit_exact(tmp_path):
-    sigkill_then_resume_is_bit_exact(tmp_path)
 
 
 def sigkill_then_resume_is_bit_exact(tmp_path, extra=(), before_resume=None, data=None,

@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from test_core import closed_form_alpha, plane_quadratic
+from quadratics import closed_form_alpha, plane_quadratic
 
 from fairseq_xsam import XSAM
 from fairseq_xsam.toy import basin, trajectory
@@ -268,7 +268,7 @@ def test_two_d_function_xsam_finds_the_flat_minimum():
 # -- the α search's edge and alpha_max='auto' through the class ------------------------------------
 
 def quadratic_problem(p=1.0, a=0.5, c=1.0, rho=0.17):
-    """The quadratic of tests/test_core.py whose probe-circle maximum is known in closed form."""
+    """The quadratic of quadratics.py whose probe-circle maximum is known in closed form."""
     A, b, theta0, phi = plane_quadratic(p, a, c, rho)
     theta = torch.nn.Parameter(theta0.clone())
     return theta, (lambda: 0.5 * theta @ A @ theta + b @ theta), phi

@@ -2,7 +2,7 @@
 hydra configs (both parsed by fairseq), option errors, the study driver's plan, ρ choice,
 skip and resume logic, and compare_bleu's several-test-set report (means, paired bootstrap,
 edge-pinned α searches, rescoring) against independent computations. The whole pipeline on
-real data runs in tests/test_demo.py (demo --quick = the recipe's tiny preset)."""
+real data runs in tests/pipeline/test_demo.py (demo --quick = the recipe's tiny preset)."""
 
 from __future__ import annotations
 
@@ -17,10 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
+from recipe_configs import GROUPS, fairseq_cfg, hydra_cfg
 
-from tests.test_recipes import GROUPS, fairseq_cfg, hydra_cfg
-
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RECIPE_DIR = ROOT / "recipes" / "multi30k_de_en"
 PYTHON = sys.executable
 pytestmark = [pytest.mark.filterwarnings(r"ignore:\s*'[^']*' is validated against ConfigStore"),

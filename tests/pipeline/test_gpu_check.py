@@ -7,7 +7,7 @@ import subprocess
 import sys
 import tarfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "scripts", "gpu_check.sh")
 PHASES = ["install", "data", "precision", "bench-fp32", "bench-fp16", "bench-amp", "bench-mlp",
           "train-fp16", "train-amp", "evaluate", "cuda-tests"]
@@ -36,7 +36,7 @@ def test_dry_run_prints_every_phase_its_command_and_a_limit_within_the_budget(tm
         assert f"-m fairseq_xsam.bench.cli --device cuda --precision {precision}" in text
     assert "-m fairseq_xsam.bench.cli --case mlp --device cuda --rounds 40" in text
     assert "--max-update 300" in text and "--expect-sentences 6750" in text
-    assert "-m cuda tests/test_gpu_path.py" in text
+    assert "-m cuda tests/fairseq/test_gpu_path.py" in text
     assert "install_gpu.sh --target /tmp/site --wheels" in text
     assert "MISSING hydra_core, omegaconf, antlr4, bitarray, sacremoses, subword_nmt" in text
 
@@ -63,7 +63,7 @@ def test_smoke_runs_every_phase_on_the_cpu_and_writes_the_report(tmp_path):
     assert f["data"]["pairs"] == {"train": 200, "valid": 50, "test": 100}
     # on the CPU the amp rows, bench-amp and train-amp run fairseq's --amp with its loss scaler
     # disabled and no autocast (fp32): they check that the phases run, not amp (the live scaler
-    # is tested in tests/test_gpu_path.py)
+    # is tested in tests/fairseq/test_gpu_path.py)
     assert {r["precision"] for r in f["precision"]["rows"]} == {"fp16", "amp"}
     for precision in ("fp32", "fp16", "amp"):
         bench = f[f"bench-{precision}"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SIZES = {"test2016_flickr": 1000, "test2017_flickr": 1000, "test2017_mscoco": 461}
 
 

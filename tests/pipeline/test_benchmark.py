@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BENCH = [sys.executable, "-m", "fairseq_xsam.bench.cli"]  # xsam-bench
 
 

@@ -22,8 +22,7 @@ import math
 
 import pytest
 import torch
-from fairseq_helpers import batches, build_trainer, flat_params, make_corpus
-from test_faults import poison
+from fairseq_helpers import batches, build_trainer, flat_params, make_corpus, poison
 
 from fairseq_xsam.bench.precision import instrument
 

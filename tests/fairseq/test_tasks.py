@@ -190,7 +190,7 @@ def test_sentence_prediction_fine_tunes_a_masked_lm_checkpoint(datasets, tmp_pat
 def test_multilingual_translation_resumes_bit_for_bit_after_sigkill(datasets, tmp_path):
     """SIGKILL right after the checkpoint of update 2, resume: the rest of the run (losses,
     gradient norms, α searches, weights, AdamW and XSAM state) is the uninterrupted run's."""
-    from test_resume import sigkill_then_resume_is_bit_exact
+    from resume_run import sigkill_then_resume_is_bit_exact
 
     cfg = TASKS["multilingual_translation"]
     lines, searches = sigkill_then_resume_is_bit_exact(

@@ -8,7 +8,7 @@ import os
 import subprocess
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 OMITTED = ("fairseq-fixed 0.12.3.1 requires cffi, which is not installed.\n"
            "fairseq-fixed 0.12.3.1 requires torchaudio, which is not installed.\n")
 

@@ -20,7 +20,7 @@ import sys
 import torch
 from fairseq.trainer import Trainer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 OUT = os.environ["XSAM_DDP_OUT"]
 RANK = os.environ.get("RANK", "0")
 records = {"alpha": [], "digest": [], "dummy": 0, "probes": [], "micro_dummy": []}

@@ -24,7 +24,7 @@ import fairseq_xsam.fairseq  # noqa: F401
 from fairseq_xsam import XSAM, settings
 from fairseq_xsam.settings import CHECKED, OptionError, parse_text, validate
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 USER_DIR = str(ROOT / "fairseq_xsam")
 BIN = os.path.dirname(sys.executable)
 CONFIG_DIR = ROOT / "recipes" / "iwslt14_de_en" / "config"
@@ -217,7 +217,7 @@ def test_fairseq_train_console_script(tmp_path):
 
 def test_fairseq_hydra_train_stops_when_the_config_is_composed(tmp_path):
     """fairseq-hydra-train's entry point (fairseq_cli.hydra_train:cli_main) once per row, in one
-    worker process (tests/hydra_cli_worker.py). Hydra itself writes ``.hydra/`` and an empty
+    worker process (hydra_cli_worker.py, next to this file). Hydra itself writes ``.hydra/`` and an empty
     ``hydra_train.log`` before any job code runs; nothing else may appear."""
     base = ["--config-dir", str(CONFIG_DIR), "--config-name", "xsam",
             f"task.data={tmp_path / 'no-data'}", f"checkpoint.save_dir={tmp_path / 'ck'}"]
@@ -226,7 +226,7 @@ def test_fairseq_hydra_train_stops_when_the_config_is_composed(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     out = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "hydra_cli_worker.py"), str(cases),
+        [sys.executable, str(Path(__file__).with_name("hydra_cli_worker.py")), str(cases),
          str(tmp_path / "results.json")], capture_output=True, text=True, cwd=run,
         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
              "FAIRSEQ_XSAM_USER_DIR": USER_DIR, "PYTHONPATH": str(ROOT)})

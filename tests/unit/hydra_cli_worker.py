@@ -1,6 +1,6 @@
 """Runs fairseq-hydra-train's entry point, ``fairseq_cli.hydra_train.cli_main``, once per
 argument list of the JSON file ``argv[1]``, all in this one process, and writes each run's exit
-status and stderr to the JSON file ``argv[2]``: tests/test_options.py's table of option errors
+status and stderr to the JSON file ``argv[2]``: tests/unit/test_options.py's table of option errors
 without a process start (seconds) per row. Hydra's global state is reset between runs."""
 
 import contextlib

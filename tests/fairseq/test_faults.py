@@ -4,29 +4,12 @@ import math
 
 import pytest
 import torch
-from fairseq_helpers import batches, build_trainer, flat_params, make_corpus
+from fairseq_helpers import batches, build_trainer, flat_params, make_corpus, poison
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return make_corpus(str(tmp_path_factory.mktemp("faults")))
-
-
-def poison(criterion, bad_calls, probes_only=False, value=float("nan")):
-    """Makes the criterion's loss NaN (or ``value``) on the chosen calls (1 = the trainer's own
-    pass)."""
-    forward = criterion.forward
-    calls = [0]
-
-    def wrapped(model, sample, *a, **k):
-        loss, size, log = forward(model, sample, *a, **k)
-        calls[0] += 1
-        if calls[0] in bad_calls and (not probes_only or not torch.is_grad_enabled()):
-            loss = loss * value
-        return loss, size, log
-
-    criterion.forward = wrapped
-    return calls
 
 
 def test_nan_in_the_ascent_point_pass_fails_like_fairseq_and_keeps_state(data, tmp_path,
