@@ -19,6 +19,8 @@ setup(
     extras_require={
         "fairseq": ["fairseq-fixed==0.12.3.1", "hydra-core==1.3.2", "omegaconf==2.3.0",
                     "sacrebleu", "sentencepiece"],
+        # the Hugging Face Trainer integration (fairseq_xsam.hf); the versions it was tested with
+        "hf": ["transformers==5.25.0", "accelerate==1.16.0"],
         "test": ["pytest"],
     },
     # every command the README shows, in fairseq's habit (fairseq-train, fairseq-generate)

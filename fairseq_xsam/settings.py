@@ -171,8 +171,9 @@ def _searches_only_if_xsam(value, values) -> bool:
 #: When an unset ``alpha_search`` searches for ``sam_variant`` xsam, by style: fairseq counts
 #: epochs (the first update of each), plain PyTorch does not unless told (``begin_epoch``), so
 #: there it searches every step. The other variants never search.
-UNSET_SEARCH = MappingProxyType({"python": 1, "cli": "epoch", "hydra": "epoch"})
-_UNSET_SEARCH_WORDS = {"python": "1 (every step)", "cli": "'epoch'", "hydra": "'epoch'"}
+UNSET_SEARCH = MappingProxyType({"python": 1, "cli": "epoch", "hydra": "epoch", "hf": "epoch"})
+_UNSET_SEARCH_WORDS = {"python": "1 (every step)", "cli": "'epoch'", "hydra": "'epoch'",
+                       "hf": "'epoch'"}
 
 # -- the table -----------------------------------------------------------------------------------
 
@@ -338,17 +339,18 @@ def resolve(values: Mapping[str, Any], style: str) -> Dict[str, Any]:
     return out
 
 
-def check_kwargs(given: Mapping[str, Any]) -> Dict[str, Any]:
+def check_kwargs(given: Mapping[str, Any], entry: str = "python") -> Dict[str, Any]:
     """The PyTorch entry point: ``XSAM``'s options (those not given take :data:`DEFAULTS`)
     checked and resolved (:func:`resolve`). A number option given as text is an error; the text
     options (``alpha_max='auto'`` or '3', ``alpha_search='epoch'``) are read as fairseq reads
-    them."""
+    them. ``entry`` 'hf' (the Trainer, which counts epochs) searches every epoch when
+    ``alpha_search`` is unset; messages name the options as Python keywords either way."""
     values = {name: DEFAULTS[name] for name in PYTORCH}
     values.update(given)
     for name in PYTORCH:
         if BY_NAME[name].type is str:
             values[name] = parse_text(name, values[name])
-    return resolve(validate(values, "python"), "python")
+    return resolve(validate(values, "python"), entry)
 
 
 def largest_allowed_alpha(given: Mapping[str, Any], style: str = "cli") -> float:

@@ -38,7 +38,16 @@ if ! "$PY" -c "import $MODULES" 2>/dev/null; then
   pip_q --no-build-isolation --no-deps fairseq-fixed==0.12.3.1
 fi
 pip_q --no-deps --no-build-isolation -e "$ROOT"
-if ! "$PY" -c "import $MODULES, fairseq_xsam"; then
+# the 'hf' extra (the Hugging Face Trainer integration and its tests) at the versions setup.py
+# pins; the constraint keeps pip on the installed CPU torch
+if ! "$PY" -c "import transformers, accelerate" 2>/dev/null; then
+  echo "[install] the hf extra (transformers, accelerate)"
+  TORCH_PIN=$(mktemp)
+  "$PY" -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > "$TORCH_PIN"
+  pip_q -c "$TORCH_PIN" --no-build-isolation -e "$ROOT[hf]"
+  rm -f "$TORCH_PIN"
+fi
+if ! "$PY" -c "import $MODULES, fairseq_xsam, transformers, accelerate"; then
   echo "[install] FAILED: a module above does not import in $VENV" >&2
   exit 1
 fi
