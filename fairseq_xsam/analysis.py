@@ -32,12 +32,13 @@ from torch import Tensor
 
 from .core import (
     TINY,
+    Passes,
     alpha_grid,
-    ascent_step_,
+    ascend_,
     global_norm,
     interpolation_coefficients,
     pick_alpha,
-    plane_,
+    plane_between_,
 )
 
 TensorList = List[Tensor]
@@ -314,9 +315,9 @@ def plane_surface(params: Sequence[Tensor], compute_grad: Callable[[], Sequence[
                   ) -> PlaneSurface:
     r"""The paper's Figure 1 for one loss: XSAM's plane through θ and the loss over it.
 
-    1. g_0 = ∇L(θ); ascent θ_{i+1} = θ_i + (ρ/k)·g_i/‖g_i‖ (:func:`core.ascent_step_`),
-       g_k = ∇L(θ_k).
-    2. u, v, φ by :func:`core.plane_`; e_1 = u, e_2 = (v − cos φ·u)/sin φ.
+    1. g_0 = ∇L(θ); the optimizer's own ascent (:func:`core.ascend_`: θ_{i+1} = θ_i +
+       (ρ/k)·g_i/‖g_i‖, ASAM's with ``adaptive``), g_k = ∇L(θ_k).
+    2. u, v, φ by :func:`core.plane_between_` (normalised); e_1 = u, e_2 = (v − cos φ·u)/sin φ.
     3. d(α) = [sin((1−α)φ)·u + sin(αφ)·v]/sin φ (:func:`core.interpolation_coefficients`),
        α* = argmax_α L(θ + ρ'·d(α)) (:func:`core.pick_alpha`: ties → smallest α).
     4. losses[i][j] = L(θ + a_j·e_1 + b_i·e_2), a, b = :func:`symmetric_grid` (extent, grid).
@@ -324,63 +325,20 @@ def plane_surface(params: Sequence[Tensor], compute_grad: Callable[[], Sequence[
     ``compute_grad()`` returns ∇L at the current ``params``; ``compute_loss()`` returns L without
     gradients. ``extent`` defaults to 1.5·ρ'. θ is restored bit for bit.
     """
-    if alphas is None:
-        alphas = alpha_grid(2.0, 0.1)
-    if extent is None:
-        extent = 1.5 * probe_rho
-    coords = symmetric_grid(extent, grid)
+    alphas = alpha_grid(2.0, 0.1) if alphas is None else alphas
+    coords = symmetric_grid(1.5 * probe_rho if extent is None else extent, grid)
     theta = [p.data if isinstance(p, torch.nn.Parameter) else p for p in params]
     backup = [t.clone() for t in theta]
     try:
-        g0 = [g.detach().clone() for g in compute_grad()]
-        g0_norm = global_norm(g0)
-        asam_scale = None
-        if adaptive:
-            asam_scale = torch._foreach_abs(backup)
-            torch._foreach_add_(asam_scale, asam_eta)
-        points = []
-        grads = [g.clone() for g in g0]
-        for i in range(ascent_steps):
-            if i > 0:
-                grads = [g.detach().clone() for g in compute_grad()]
-            with torch.no_grad():
-                ascent_step_(theta, grads, rho / ascent_steps, asam_scale)
-                points.append(torch._foreach_sub(theta, backup))
-        gk = [g.detach().clone() for g in compute_grad()]
+        g0, points, gk = _ascend(theta, backup, compute_grad, rho=rho, ascent_steps=ascent_steps,
+                                 adaptive=adaptive, asam_eta=asam_eta)
         with torch.no_grad():
-            gk_norm = global_norm(gk)
             work = torch._foreach_sub(theta, backup)  # θ_k − θ
             torch._foreach_copy_(theta, backup)
-            v = [g.clone() for g in gk]
-            phi, degenerate = plane_(work, v, gk_norm)  # work: u − v, v: v
-            u = torch._foreach_add(work, v)
-            e1 = u
-            if bool(degenerate) and float(global_norm(e1)) < 0.5:
-                # no ascent displacement (g_0 = 0): the plane's first axis is v (or random)
-                e1 = [x.clone() for x in v] if float(gk_norm) > TINY else [
-                    torch.randn(t.shape, generator=generator, dtype=torch.float64)
-                    .to(device=t.device, dtype=t.dtype) for t in theta]
-                torch._foreach_mul_(e1, 1.0 / float(global_norm(e1).clamp_min(TINY)))
-            if bool(degenerate):
-                # u ∥ v: any unit vector ⟂ u completes the basis; d(α) = v for every α.
-                e2 = [torch.randn(t.shape, generator=generator, dtype=torch.float64)
-                      .to(device=t.device, dtype=t.dtype) for t in theta]
-                torch._foreach_add_(e2, e1, alpha=-float(_dot(e2, e1)))
-            else:
-                e2 = [x.clone() for x in v]
-                torch._foreach_add_(e2, e1, alpha=-float(_dot(v, e1)))
-            torch._foreach_mul_(e2, 1.0 / float(global_norm(e2).clamp_min(TINY)))
-
-            def plane_coords(x):
-                return [float(_dot(x, e1)), float(_dot(x, e2))]
-
-            def unit(c):
-                n = math.hypot(c[0], c[1])
-                return [c[0] / n, c[1] / n] if n > 0 else [0.0, 0.0]
-
+            e1, e2, v, plane = _plane_axes(work, gk, theta, generator)
+            plane_coords = lambda x: [float(_dot(x, e1)), float(_dot(x, e2))]
             g0_proj = plane_coords(g0)
-            g0_in_plane = math.hypot(*g0_proj) / max(float(g0_norm), TINY)
-            gk_dir = unit(plane_coords(v))
+            gk_dir = _unit(plane_coords(v))
             ascent_points = [plane_coords(p) for p in points]
             del points
 
@@ -393,26 +351,81 @@ def plane_surface(params: Sequence[Tensor], compute_grad: Callable[[], Sequence[
                 return float(compute_loss())
 
             loss0 = at(0.0, 0.0)
-            grid_t = torch.tensor(list(alphas), dtype=torch.float64)
-            c_u, c_v = interpolation_coefficients(grid_t, phi.double().cpu(),
-                                                  degenerate.cpu())
-            probe_dirs = []
-            for a_u, a_v in zip(c_u.tolist(), c_v.tolist()):
-                # d(α) = c_u u + c_v v in plane coordinates
-                probe_dirs.append([a_u + a_v * gk_dir[0], a_v * gk_dir[1]])
-            probes = [at(probe_rho * d[0], probe_rho * d[1]) for d in probe_dirs]
-            best = pick_alpha(torch.tensor(probes, dtype=torch.float64), alphas)
-            alpha_star = float(alphas[best]) if best is not None else float("nan")
-            d_star = probe_dirs[best] if best is not None else [float("nan")] * 2
+            probe_dirs, probes, best = _probe_plane(at, alphas, plane, gk_dir, probe_rho)
             losses = [[at(ca, cb) for ca in coords] for cb in coords]
     finally:
         with torch.no_grad():
             torch._foreach_copy_(theta, backup)
-    return PlaneSurface(a=coords, b=coords, losses=losses, loss0=loss0, phi=float(phi),
-                        degenerate=bool(degenerate), alpha_star=alpha_star,
-                        alpha_grid=[float(x) for x in alphas], probe_losses=probes,
-                        probe_dirs=probe_dirs,
-                        g0_dir=unit(g0_proj), g0_in_plane=g0_in_plane, gk_dir=gk_dir,
-                        d_star=d_star, ascent_points=ascent_points, rho=rho,
-                        probe_rho=probe_rho, ascent_steps=ascent_steps,
-                        g0_norm=float(g0_norm), gk_norm=float(gk_norm))
+    g0_norm = float(global_norm(g0))
+    return PlaneSurface(
+        a=coords, b=coords, losses=losses, loss0=loss0, phi=float(plane.phi),
+        degenerate=bool(plane.degenerate),
+        alpha_star=float(alphas[best]) if best is not None else float("nan"),
+        alpha_grid=[float(x) for x in alphas], probe_losses=probes, probe_dirs=probe_dirs,
+        g0_dir=_unit(g0_proj), g0_in_plane=math.hypot(*g0_proj) / max(g0_norm, TINY),
+        gk_dir=gk_dir, d_star=probe_dirs[best] if best is not None else [float("nan")] * 2,
+        ascent_points=ascent_points, rho=rho, probe_rho=probe_rho, ascent_steps=ascent_steps,
+        g0_norm=g0_norm, gk_norm=float(plane.grad_norm))
+
+
+def _ascend(theta, backup, compute_grad, *, rho, ascent_steps, adaptive, asam_eta):
+    """g_0, the ascent points θ_1 − θ … θ_k − θ and g_k, by the optimizer's ascent
+    (:func:`core.ascend_`) from θ (``backup`` holds a copy); ``theta`` is left at θ_k."""
+    def gradient():
+        with torch.enable_grad():
+            return [g.detach().clone() for g in compute_grad()]
+
+    g0 = gradient()
+    points = []
+
+    def record(i, _):
+        if i > 0:  # θ is θ_i
+            points.append(torch._foreach_sub(theta, backup))
+
+    with torch.no_grad():
+        gk = ascend_(theta, [g.clone() for g in g0], backup, Passes(gradient), rho=rho,
+                     ascent_steps=ascent_steps, adaptive=adaptive, asam_eta=asam_eta,
+                     each_gradient=record)
+        points.append(torch._foreach_sub(theta, backup))
+    return g0, points, gk
+
+
+def _plane_axes(work, gk, theta, generator):
+    """(e_1, e_2, v, plane): the plane of ``work`` (θ_k − θ, scratch) and g_k, normalised
+    (:func:`core.plane_between_`), and an orthonormal basis of it, e_1 = u; where the plane is
+    degenerate, e_1 = u, else v, else a random unit vector, and e_2 a random unit vector ⟂ e_1."""
+    v = [g.clone() for g in gk]
+    plane = plane_between_(work, v, global_norm(gk))
+    plane.normalise_()  # work: u − v, v: v
+    e1 = torch._foreach_add(work, v)  # u
+    degenerate = bool(plane.degenerate)
+
+    def random_unit():
+        return [torch.randn(t.shape, generator=generator, dtype=torch.float64)
+                .to(device=t.device, dtype=t.dtype) for t in theta]
+
+    if degenerate and float(global_norm(e1)) < 0.5:
+        # no ascent displacement (g_0 = 0): the plane's first axis is v (or random)
+        e1 = [x.clone() for x in v] if float(plane.grad_norm) > TINY else random_unit()
+        torch._foreach_mul_(e1, 1.0 / float(global_norm(e1).clamp_min(TINY)))
+    # u ∥ v: any unit vector ⟂ u completes the basis; d(α) = v for every α
+    e2 = random_unit() if degenerate else [x.clone() for x in v]
+    torch._foreach_add_(e2, e1, alpha=-float(_dot(e2, e1)))
+    torch._foreach_mul_(e2, 1.0 / float(global_norm(e2).clamp_min(TINY)))
+    return e1, e2, v, plane
+
+
+def _probe_plane(at, alphas, plane, gk_dir, probe_rho):
+    """The α search of the optimizer in plane coordinates: d(α) = c_u·u + c_v·v over ``alphas``
+    (u = (1, 0), v = ``gk_dir``), the probe losses ``at(ρ'·d(α))`` and the best index (or None)."""
+    c_u, c_v = interpolation_coefficients(torch.tensor(list(alphas), dtype=torch.float64),
+                                          plane.phi.double().cpu(), plane.degenerate.cpu())
+    probe_dirs = [[a_u + a_v * gk_dir[0], a_v * gk_dir[1]]
+                  for a_u, a_v in zip(c_u.tolist(), c_v.tolist())]
+    probes = [at(probe_rho * d[0], probe_rho * d[1]) for d in probe_dirs]
+    return probe_dirs, probes, pick_alpha(torch.tensor(probes, dtype=torch.float64), alphas)
+
+
+def _unit(c):
+    n = math.hypot(c[0], c[1])
+    return [c[0] / n, c[1] / n] if n > 0 else [0.0, 0.0]

@@ -4,7 +4,7 @@ Everything here follows ``ALGORITHM.md`` (Chen & Zhou, ICLR 2026, Sec. 4 and App
 symbols: ``theta`` θ, ``rho`` ρ, ``k`` ascent steps, ``probe_rho`` ρ', ``alpha`` α, ``u`` the
 displacement direction, ``v`` the direction of the gradient at the last ascent point, ``phi`` φ.
 
-One update (:func:`sharpness_update`):
+One update (:func:`sharpness_update`, settings :class:`Search`, model passes :class:`Passes`):
 
 1. ascent      θ_0 = θ; θ_{i+1} = θ_i + (ρ/k)·g_i/‖g_i‖  (ASAM: (ρ/k)·T²g_i/‖T g_i‖, T = |θ|+η)
 2. plane       u = (θ_k − θ)/‖θ_k − θ‖,  v = g_k/‖g_k‖,  φ = ∠(u, v)
@@ -25,18 +25,33 @@ tensors: nothing here synchronises with the host except the α search, which mus
 Where the passes are short the update's cost is its sweeps over the parameters, so they are kept
 few (docs/performance.md counts them per update kind): u and v are never normalised in memory,
 the plane is held as x = ‖θ_k − θ‖·(u − v) and g_k with the 1/‖·‖ factors folded into the scalars
-(:class:`Plane`), the two norms that do not depend on each other come from one ``_foreach_norm``,
-y + s·x is one sweep where a broadcast 0-dim scale allows it (:func:`one_sweep_axpy`).
+(:class:`Plane`, built by :func:`plane_between_`), the two norms that do not depend on each other
+come from one ``_foreach_norm``, y + s·x is one sweep where a broadcast 0-dim scale allows it (:func:`one_sweep_axpy`).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence
 
 import torch
 from torch import Tensor
+
+from .search_plan import (  # noqa: F401  (core's names: the math reads them from here)
+    AUTO,
+    AUTO_BASE_ALPHA_MAX,
+    EDGE_GRID,
+    EDGE_OPPOSITE,
+    EDGE_PROBES,
+    Expansion,
+    Search,
+    alpha_grid,
+    edge_of,
+    largest_alpha,
+    pick_alpha,
+    search_plan,
+    within_half_turn,
+)
 
 TensorList = List[Tensor]
 
@@ -111,71 +126,35 @@ def add_scaled_(target: TensorList, tensors: TensorList, scale: Tensor, sign: fl
     torch._foreach_addcmul_(target, tensors, [scale] * len(tensors), value=sign)
 
 
-#: α_max = 'auto': the base grid is the paper's 0..2; the search may continue past it.
-AUTO = "auto"
-AUTO_BASE_ALPHA_MAX = 2.0
-#: Why α* is the last probe (:func:`edge_of`): the fixed grid ends there; --alpha-max auto ran
-#: out of extra probes; or the next probe would rotate past the direction opposite u (αφ > π).
-EDGE_GRID, EDGE_PROBES, EDGE_OPPOSITE = "grid", "probes", "opposite"
+def _nothing() -> None:
+    return None
 
 
-def alpha_grid(alpha_max: float, alpha_step: float) -> List[float]:
-    """The α grid 0, Δα, 2Δα, …, α_max (inclusive, robust to rounding of α_max/Δα)."""
-    n = int(math.floor(alpha_max / alpha_step + 1e-9))
-    grid = [round(i * alpha_step, 12) for i in range(n + 1)]
-    if alpha_max - grid[-1] > 1e-9 * max(1.0, alpha_max):
-        grid.append(alpha_max)
-    return grid
+def _identity(value: Tensor) -> Tensor:
+    return value
 
 
 @dataclass(frozen=True)
-class Expansion:
-    """The expanding search (α_max = 'auto'): past the grid's edge α_e, probe α_e + jΔα,
-    j = 1..``probes``, while each probe's loss is higher than every earlier one and α·φ ≤ π
-    (φ·α = π is d = −u, the direction opposite the ascent; beyond it the rotation comes back)."""
+class Passes:
+    """The passes an update makes over the model, and how workers agree; the defaults are one
+    process's (nothing to refresh, nothing to agree on).
 
-    step: float  # Δα
-    probes: int  # the most extra forward passes per search
-
-    def alphas(self, edge: float) -> List[float]:
-        """The candidates past ``edge``, one more than ``probes`` (it tells the π cap from the
-        probe budget when the search stops rising at neither)."""
-        return [round(edge + j * self.step, 12) for j in range(1, self.probes + 2)]
-
-
-def search_plan(alpha_max, alpha_step: float, expand_probes: int):
-    """(base grid, :class:`Expansion` or None) for ``alpha_max`` (a number, or 'auto': the grid
-    0..2 and up to ``expand_probes`` probes past it)."""
-    if alpha_max == AUTO:
-        return alpha_grid(AUTO_BASE_ALPHA_MAX, alpha_step), Expansion(alpha_step, expand_probes)
-    return alpha_grid(alpha_max, alpha_step), None
-
-
-def largest_alpha(alpha_max, alpha_step: float, expand_probes: int) -> float:
-    """The largest α a search can return (for 'auto': 2 + expand_probes·Δα)."""
-    grid, expansion = search_plan(alpha_max, alpha_step, expand_probes)
-    return expansion.alphas(grid[-1])[-2] if expansion is not None else grid[-1]
-
-
-def within_half_turn(alphas: Tensor, phi: Tensor) -> Tensor:
-    """α·φ ≤ π (up to round-off of φ): d(α) has not rotated past −u."""
-    return alphas * phi <= math.pi * (1.0 + 1e-6)
-
-
-def edge_of(best: Optional[int], n_probes: int, expansion: Optional[Expansion],
-            next_within: bool) -> Optional[str]:
-    """Why α* sits on the searched range's edge, or None when it does not.
-
-    α* is on the edge iff it is the last probe (``best == n_probes − 1``): the loss still rose
-    there, so the maximum may lie further on. The reason names what bounded the search: the fixed
-    grid (:data:`EDGE_GRID`), the expansion's probe budget (:data:`EDGE_PROBES`) or, when the next
-    candidate is past −u (``next_within`` False), the half turn (:data:`EDGE_OPPOSITE`).
+    ``compute_grad()`` evaluates ∇L at the current θ and returns the gradient list (it may be the
+    caller's ``grads`` again); ``compute_loss()`` evaluates L at the current θ without gradients
+    (the probes; needed only to search). ``moved()`` is called whenever θ changed, so a caller
+    whose model reads a copy of θ (fp16) can refresh it. ``skip_search(degenerate)`` says whether
+    a due search is skipped because the plane is degenerate (α is then kept): callers whose
+    workers each build their own plane pass a function that agrees across workers, so that all
+    of them run the same probes (a degenerate worker probes along v). ``max_over_workers(t)`` is
+    the largest ``t`` over the workers (the π cap of the expanding search, φ = 0 where
+    degenerate), so workers with their own planes all probe the same α's.
     """
-    if best is None or best != n_probes - 1:
-        return None
-    if expansion is None:
-        return EDGE_GRID
-    return EDGE_PROBES if next_within else EDGE_OPPOSITE
+
+    compute_grad: Callable[[], TensorList]
+    compute_loss: Optional[Callable[[], Tensor]] = None
+    moved: Callable[[], None] = _nothing
+    skip_search: Callable[[Tensor], bool] = bool
+    max_over_workers: Callable[[Tensor], Tensor] = _identity
 
 
 def interpolation_coefficients(alpha, phi: Tensor, degenerate: Tensor):
@@ -217,12 +196,13 @@ def ascent_step_(theta: TensorList, grads: TensorList, radius: float,
 class Plane:
     """The (u, v) plane of one update: two lists x = p·(u − v) and g = q·v, and 0-dim tensors.
 
-    :func:`span_` builds it without normalisation sweeps (p, q are norms); :meth:`normalise_`
-    makes the lists u − v and v (p = q = 1). φ = 2·asin(‖u − v‖/2) is accurate at small angles,
-    where arccos⟨u, v⟩ loses all digits, and at every angle up to a few tenths of a degree from
-    π (u and v almost opposite; in fp32 φ is then only good to a few per cent of π − φ, and
-    within ~0.1° the plane may be taken as degenerate: d = v); keeping u − v (not u) lets the
-    descent and the probes use u = (u − v) + v without a third buffer.
+    :func:`plane_between_` builds it without normalisation sweeps (p, q are norms), the form the
+    update descends and probes with; :meth:`normalise_` makes the lists u − v and v (p = q = 1),
+    the unit vectors a caller that reads the plane's directions needs. φ = 2·asin(‖u − v‖/2) is
+    accurate at small angles, where arccos⟨u, v⟩ loses all digits, and at every angle up to a few
+    tenths of a degree from π (u and v almost opposite; in fp32 φ is then only good to a few per
+    cent of π − φ, and within ~0.1° the plane may be taken as degenerate: d = v); keeping u − v
+    (not u) lets the descent and the probes use u = (u − v) + v without a third buffer.
     """
 
     x: TensorList
@@ -234,7 +214,8 @@ class Plane:
     degenerate: Tensor  # u ∥ v, or u or v undefined: d(α) = v
 
     def normalise_(self) -> None:
-        """x ← u − v, g ← v (two sweeps): the form :func:`plane_` returns."""
+        """x ← u − v, g ← v (two sweeps): unit vectors, for a caller that reads the plane's
+        directions (the update itself never needs them)."""
         torch._foreach_mul_(self.x, 1.0 / self.p.clamp_min(TINY))
         torch._foreach_mul_(self.g, 1.0 / self.q.clamp_min(TINY))
         self.p = self.q = torch.ones_like(self.p)
@@ -256,11 +237,12 @@ class Plane:
             torch._foreach_add_(self.g, self.x)
 
 
-def span_(displacement: TensorList, grads: TensorList,
-          grad_norm: Optional[Tensor] = None) -> Plane:
-    """The plane of ``displacement`` (θ_k − θ) and ``grads`` (g_k, left as it is): one reduction
-    sweep over both, x = θ_k − θ − (‖θ_k − θ‖/‖g_k‖)·g_k = ‖θ_k − θ‖·(u − v) formed in place of
-    ``displacement`` (one sweep; two for many CUDA tensors), one reduction sweep for ‖u − v‖."""
+def plane_between_(displacement: TensorList, grads: TensorList,
+                   grad_norm: Optional[Tensor] = None) -> Plane:
+    """The (u, v) plane of ``displacement`` (θ_k − θ) and ``grads`` (g_k, left as it is), formed
+    in place of ``displacement`` and not normalised (call :meth:`Plane.normalise_` for u − v and
+    v): one reduction sweep over both, x = θ_k − θ − (‖θ_k − θ‖/‖g_k‖)·g_k = ‖θ_k − θ‖·(u − v)
+    (one sweep; two for many CUDA tensors), one reduction sweep for ‖u − v‖."""
     if grad_norm is None:
         disp_norm, grad_norm = global_norms(displacement, grads)
     else:
@@ -277,24 +259,6 @@ def span_(displacement: TensorList, grads: TensorList,
     degenerate = ((torch.minimum(disp_norm, grad_norm) <= TINY)
                   | (torch.sin(phi) < DEGENERATE_SIN))
     return Plane(displacement, grads, p, grad_norm, grad_norm, phi, degenerate)
-
-
-def plane_(displacement: TensorList, grads: TensorList, grad_norm: Optional[Tensor] = None):
-    """Builds the (u, v) plane in place: ``displacement`` (θ_k − θ) becomes u − v, ``grads`` (g_k)
-    becomes v. Returns (φ, degenerate). (See :class:`Plane`.)"""
-    plane = span_(displacement, grads, grad_norm)
-    plane.normalise_()
-    return plane.phi, plane.degenerate
-
-
-def pick_alpha(losses: Tensor, grid: Sequence[float]):
-    """Index of the largest finite probe loss (ties: the smallest α), or None if none is finite."""
-    finite = torch.isfinite(losses)
-    if not bool(finite.any()):
-        return None
-    masked = torch.where(finite, losses, torch.full_like(losses, -math.inf))
-    best = masked.max()
-    return int(torch.nonzero(masked == best)[0, 0])
 
 
 @dataclass
@@ -315,66 +279,40 @@ def sharpness_update(
     theta: TensorList,
     grads: TensorList,
     backup: TensorList,
+    passes: Passes,
     *,
     rho: float,
     ascent_steps: int,
     variant: str,
     alpha: float,
-    search_grid: Optional[Sequence[float]] = None,
-    expansion: Optional[Expansion] = None,
-    probe_rho: float = 0.0,
+    search: Optional[Search] = None,
     adaptive: bool = False,
     asam_eta: float = 0.01,
-    compute_grad: Callable[[], TensorList],
-    compute_loss: Optional[Callable[[], Tensor]] = None,
-    moved: Callable[[], None] = lambda: None,
-    skip_search: Callable[[Tensor], bool] = bool,
-    max_over_workers: Callable[[Tensor], Tensor] = lambda t: t,
 ) -> UpdateInfo:
     """One XSAM-family update, from g_0 to the descent gradient.
 
     On entry ``theta`` holds θ and ``grads`` holds g_0 = ∇L(θ). On return ``theta`` holds θ again,
-    bit for bit, and the list returned by the last ``compute_grad`` holds the descent gradient
-    (for ``sam`` it is g_k untouched). ``backup`` is a caller-owned buffer shaped like ``theta``.
+    bit for bit, and the list returned by the last ``passes.compute_grad`` holds the descent
+    gradient (for ``sam`` it is g_k untouched). ``backup`` is a caller-owned buffer shaped like
+    ``theta``. The model is reached only through ``passes`` (:class:`Passes`).
 
-    ``compute_grad()`` evaluates ∇L at the current ``theta`` and returns the gradient list (it may
-    be ``grads`` again); ``compute_loss()`` evaluates L at the current ``theta`` without gradients
-    (the probes); ``moved()`` is called whenever ``theta`` changed, so a caller whose model reads a
-    copy of θ (fp16) can refresh it. A search runs iff ``search_grid`` is given, unless
-    ``skip_search(degenerate)`` says the plane is degenerate (α is then kept): callers whose
-    workers each build their own plane pass a function that agrees across workers, so that all
-    of them run the same probes (a degenerate worker probes along v).
-
-    ``expansion`` (α_max = 'auto') continues the search past ``search_grid``'s edge (see
-    :func:`search_alpha_`); the π cap uses ``max_over_workers(φ)`` (φ = 0 where degenerate), so
-    workers with their own planes (local ascent) all probe the same α's.
+    A search runs iff ``search`` is given (:class:`Search`; see :func:`search_alpha_`), unless
+    ``passes.skip_search(degenerate)`` says the plane is degenerate (α is then kept).
     """
     spec = VARIANTS[variant]
     torch._foreach_copy_(backup, theta)
     try:
-        asam_scale = None
-        if adaptive:
-            # T = |θ| + η. With one ascent step it lives in θ's own buffer until the step is
-            # taken from the backup (no allocation); with more, T serves every step: a buffer.
-            asam_scale = theta if ascent_steps == 1 else torch._foreach_abs(backup)
-            if ascent_steps == 1:
-                torch._foreach_abs_(theta)
-            torch._foreach_add_(asam_scale, asam_eta)
         acc = None
-        radius = rho / ascent_steps
-        for i in range(ascent_steps):
-            if i > 0:
-                grads = compute_grad()
+
+        def accumulate(i, g):
+            nonlocal acc
             if spec.first is not None and i >= spec.first:
-                acc = _accumulate(acc, grads, spec.normalise)
-            ascent_step_(theta, grads, radius, asam_scale,
-                         origin=backup if asam_scale is theta else None)
-            moved()
-        del asam_scale
-        grads = compute_grad()
+                acc = _accumulate(acc, g, spec.normalise)
+
+        grads = ascend_(theta, grads, backup, passes, rho=rho, ascent_steps=ascent_steps,
+                        adaptive=adaptive, asam_eta=asam_eta, each_gradient=accumulate)
         if spec.plane:
-            info = _plane_descent(theta, grads, backup, alpha, search_grid, expansion,
-                                  probe_rho, compute_loss, moved, skip_search, max_over_workers)
+            info = _plane_descent(theta, grads, backup, alpha, search, passes)
         else:
             info = UpdateInfo(grad_norm=global_norm(grads))
             if acc is not None:  # Σ over more than g_k alone (for g_k alone: g_k itself)
@@ -383,8 +321,38 @@ def sharpness_update(
                 torch._foreach_copy_(grads, acc)
     finally:
         torch._foreach_copy_(theta, backup)
-        moved()
+        passes.moved()
     return info
+
+
+def ascend_(theta: TensorList, grads: TensorList, backup: TensorList, passes: Passes, *,
+            rho: float, ascent_steps: int, adaptive: bool = False, asam_eta: float = 0.01,
+            each_gradient: Optional[Callable[[int, TensorList], None]] = None) -> TensorList:
+    """The ascent θ_0 = θ → θ_k (:func:`ascent_step_`, radius ρ/k per step) and g_k.
+
+    ``theta`` holds θ and ``backup`` a copy of it; ``grads`` holds g_0 and is scratch afterwards.
+    Each g_i (i < k) is handed to ``each_gradient(i, g_i)`` before its step uses it up (θ is then
+    θ_i). Returns ``passes.compute_grad()`` at θ_k, the last point; ``theta`` is left there.
+    """
+    asam_scale = None
+    if adaptive:
+        # T = |θ| + η. With one ascent step it lives in θ's own buffer until the step is taken
+        # from the backup (no allocation); with more, T serves every step: a buffer.
+        asam_scale = theta if ascent_steps == 1 else torch._foreach_abs(backup)
+        if ascent_steps == 1:
+            torch._foreach_abs_(theta)
+        torch._foreach_add_(asam_scale, asam_eta)
+    radius = rho / ascent_steps
+    for i in range(ascent_steps):
+        if i > 0:
+            grads = passes.compute_grad()
+        if each_gradient is not None:
+            each_gradient(i, grads)
+        ascent_step_(theta, grads, radius, asam_scale,
+                     origin=backup if asam_scale is theta else None)
+        passes.moved()
+    del asam_scale
+    return passes.compute_grad()
 
 
 def _accumulate(acc, grads, normalise):
@@ -404,31 +372,28 @@ def _accumulate(acc, grads, normalise):
     return acc
 
 
-def _plane_descent(theta, grads, backup, alpha, search_grid, expansion, probe_rho, compute_loss,
-                   moved, skip_search, max_over_workers) -> UpdateInfo:
-    searching = search_grid is not None
-    if searching:
+def _plane_descent(theta, grads, backup, alpha, search: Optional[Search],
+                   passes: Passes) -> UpdateInfo:
+    if search is not None:
         # The probes move θ, so the displacement θ_k − θ needs its own buffer this time.
         work = torch._foreach_sub(theta, backup)
     else:
         torch._foreach_sub_(theta, backup)
         work = theta
-    plane = span_(work, grads)
+    plane = plane_between_(work, grads)
     info = UpdateInfo(grad_norm=plane.grad_norm, phi=plane.phi, alpha=alpha)
-    if searching and not skip_search(plane.degenerate):
-        search_alpha_(theta, backup, plane, search_grid, expansion, probe_rho, compute_loss,
-                      moved, max_over_workers, info)
+    if search is not None and not passes.skip_search(plane.degenerate):
+        search_alpha_(theta, backup, plane, search, passes, info)
         if info.alpha is None:  # no finite probe: α is kept
             info.alpha = alpha
     plane.descend_(info.alpha)
     return info
 
 
-def search_alpha_(theta, backup, plane: Plane, grid, expansion, probe_rho, compute_loss,
-                  moved=lambda: None, max_over_workers=lambda t: t,
+def search_alpha_(theta, backup, plane: Plane, search: Search, passes: Passes,
                   info: Optional[UpdateInfo] = None) -> UpdateInfo:
-    """α* = argmax_α L(θ + ρ'·d(α)) over ``grid`` (ties: the smallest α), then, with an
-    ``expansion``, on past the grid's edge.
+    """α* = argmax_α L(θ + ρ'·d(α)) over ``search.grid`` (ties: the smallest α), then, with
+    ``search.expansion``, on past the grid's edge (the π cap from ``passes.max_over_workers``).
 
     The expansion starts only if α* is the grid's last point, and probes α_e + Δα, α_e + 2Δα, …
     while each new loss is above every earlier one (strictly: a tie keeps the smaller α; a
@@ -439,15 +404,16 @@ def search_alpha_(theta, backup, plane: Plane, grid, expansion, probe_rho, compu
     at_edge and edge (:func:`edge_of`).
     """
     info = info if info is not None else UpdateInfo(grad_norm=torch.zeros(()))
-    alphas = [float(a) for a in grid]
+    expansion, compute_loss, moved = search.expansion, passes.compute_loss, passes.moved
+    alphas = [float(a) for a in search.grid]
     extra = expansion.alphas(alphas[-1]) if expansion is not None else []
     phi, degenerate = plane.phi, plane.degenerate
     candidates = torch.tensor(alphas + extra, dtype=phi.dtype, device=phi.device)
-    scale_x, scale_g = plane.scales(candidates, probe_rho)  # θ + ρ'·d(α) = θ + a·x + b·g
+    scale_x, scale_g = plane.scales(candidates, search.probe_rho)  # θ + ρ'·d(α) = θ + a·x + b·g
     within = torch.ones_like(candidates)
     if expansion is not None:
         # A worker with a degenerate plane probes along v for every α: its φ does not bound α.
-        cap_phi = max_over_workers(torch.where(degenerate, torch.zeros_like(phi), phi))
+        cap_phi = passes.max_over_workers(torch.where(degenerate, torch.zeros_like(phi), phi))
         within = within_half_turn(candidates, cap_phi).to(phi.dtype)
     # One transfer for every coefficient and flag: the search decides on the host anyway.
     coefficients = torch.stack([scale_x, scale_g, within]).tolist()

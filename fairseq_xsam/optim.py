@@ -158,7 +158,7 @@ class XSAM(torch.optim.Optimizer):
         first); ``compute_loss()`` returns L at the current parameters without gradients;
         ``skip_search`` decides, from the plane's degeneracy, whether a due search is skipped,
         and ``max_over_workers`` makes the π cap of ``alpha_max='auto'`` agree across workers
-        (see :func:`fairseq_xsam.core.sharpness_update`). The
+        (they become the update's :class:`fairseq_xsam.core.Passes`). The
         parameters are restored bit-exactly before this returns, also when a pass raises. The α a
         search finds is committed by the next :meth:`step`.
         """
@@ -180,16 +180,14 @@ class XSAM(torch.optim.Optimizer):
                     p.grad = torch.zeros_like(p)
             return [p.grad for p in theta]
 
-        grid, expansion = core.search_plan(h["alpha_max"], h["alpha_step"],
-                                           h["alpha_expand_probes"])
+        passes = core.Passes(grads_of_theta, compute_loss, moved, skip_search, max_over_workers)
+        plan = core.Search.plan(h["alpha_max"], h["alpha_step"], h["alpha_expand_probes"],
+                                h["probe_rho"]) if search else None
         with torch.no_grad():
             info = core.sharpness_update(
-                theta, [p.grad for p in theta], self._backup, rho=h["rho"],
+                theta, [p.grad for p in theta], self._backup, passes, rho=h["rho"],
                 ascent_steps=h["ascent_steps"], variant=h["sam_variant"], alpha=self.alpha,
-                search_grid=grid if search else None, expansion=expansion,
-                probe_rho=h["probe_rho"], adaptive=h["adaptive"], asam_eta=h["asam_eta"],
-                compute_grad=grads_of_theta, compute_loss=compute_loss, moved=moved,
-                skip_search=skip_search, max_over_workers=max_over_workers)
+                search=plan, adaptive=h["adaptive"], asam_eta=h["asam_eta"])
         if info.searched and info.probe_losses is not None and not bool(
                 torch.isfinite(info.probe_losses).any()):
             logger.warning("XSAM: every probe loss is non-finite; keeping alpha=%s", self.alpha)

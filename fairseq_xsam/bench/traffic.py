@@ -159,10 +159,10 @@ def math_update(theta, grads, backup, current, *, variant, alpha=1.0, ascent_ste
 
     with torch.no_grad():
         return core.sharpness_update(
-            theta, compute_grad(), backup, rho=0.05, ascent_steps=ascent_steps, variant=variant,
-            alpha=alpha, search_grid=core.alpha_grid(2.0, 0.1) if search else None,
-            probe_rho=0.1, adaptive=adaptive, compute_grad=compute_grad,
-            compute_loss=compute_loss, moved=moved)
+            theta, compute_grad(), backup, core.Passes(compute_grad, compute_loss, moved),
+            rho=0.05, ascent_steps=ascent_steps, variant=variant, alpha=alpha,
+            search=core.Search(tuple(core.alpha_grid(2.0, 0.1)), 0.1) if search else None,
+            adaptive=adaptive)
 
 
 def count_traffic(theta, **kind) -> dict:

@@ -75,9 +75,8 @@ def optimizer_math_time(trainer, device, repeats=5, variant="fixed") -> float:
         sync(device)
         start = time.perf_counter()
         with torch.no_grad():
-            core.sharpness_update(theta, grads, backup,
-                                  rho=0.15, ascent_steps=1, variant=variant, alpha=1.3,
-                                  compute_grad=lambda: grads)
+            core.sharpness_update(theta, grads, backup, core.Passes(lambda: grads),
+                                  rho=0.15, ascent_steps=1, variant=variant, alpha=1.3)
         sync(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)

@@ -29,7 +29,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ..core import (TINY, Expansion, alpha_grid, global_norm, sharpness_update)
+from ..core import (TINY, Expansion, Passes, Search, alpha_grid, global_norm, sharpness_update)
 
 TensorList = List[Tensor]
 Evaluate = Callable[[bool], Tuple[Tensor, Optional[TensorList]]]
@@ -175,8 +175,8 @@ def _optimizer_direction(theta: TensorList, evaluate: Evaluate, g0: Sequence[Ten
         return evaluate(False)[0]
 
     backup = [torch.empty_like(t) for t in theta]
-    info = sharpness_update(theta, [g.clone() for g in g0], backup, compute_grad=compute_grad,
-                            compute_loss=compute_loss, **update)
+    info = sharpness_update(theta, [g.clone() for g in g0], backup,
+                            Passes(compute_grad, compute_loss), **update)
     return Direction(unit(last["g"]), alpha=info.alpha,
                      phi_deg=None if info.phi is None else math.degrees(float(info.phi)),
                      at_edge=info.at_edge,
@@ -198,14 +198,13 @@ def directions(theta: TensorList, evaluate: Evaluate, *, rho: float, probe_rho: 
     for k in sam_steps:
         out[f"sam_k{k}"] = _optimizer_direction(theta, evaluate, g0, rho=rho, ascent_steps=k,
                                                 variant="sam", alpha=1.0)
-    grid = alpha_grid(2.0, alpha_step)
-    plane = dict(rho=rho, ascent_steps=1, alpha=1.0, probe_rho=probe_rho)
-    out["xsam"] = _optimizer_direction(theta, evaluate, g0, variant="xsam", search_grid=grid,
-                                       **plane)
-    out["xsam_auto"] = _optimizer_direction(theta, evaluate, g0, variant="xsam",
-                                            search_grid=grid,
-                                            expansion=Expansion(alpha_step, expand_probes),
-                                            **plane)
+    grid = tuple(alpha_grid(2.0, alpha_step))
+    plane = dict(rho=rho, ascent_steps=1, alpha=1.0)
+    out["xsam"] = _optimizer_direction(theta, evaluate, g0, variant="xsam",
+                                       search=Search(grid, probe_rho), **plane)
+    out["xsam_auto"] = _optimizer_direction(
+        theta, evaluate, g0, variant="xsam",
+        search=Search(grid, probe_rho, Expansion(alpha_step, expand_probes)), **plane)
     if alpha_other is not None:
         plane["alpha"] = alpha_other
         out["xsam_other"] = _optimizer_direction(theta, evaluate, g0, variant="fixed", **plane)

@@ -22,7 +22,7 @@ from fairseq_xsam.analysis import (
     symmetric_grid,
     unflatten,
 )
-from fairseq_xsam.core import alpha_grid, sharpness_update
+from fairseq_xsam.core import Passes, Search, alpha_grid, sharpness_update
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 #: the commands xsam-flatness and xsam-plane, by their former script names
@@ -264,11 +264,11 @@ def test_plane_surface_on_a_quadratic_matches_a_hand_computation():
         assert s.losses[i][j] == pytest.approx(ref, rel=1e-10)
     # the optimizer's own update (core.sharpness_update) sees the same φ and picks the same α
     theta = [t.clone() for t in before]
+    passes = Passes(lambda: unflatten(q.grad_at(flatten(theta)), theta),
+                    lambda: q.value(flatten(theta)))
     info = sharpness_update(theta, unflatten(g0.clone(), theta), [torch.empty_like(t) for t in theta],
-                            rho=rho, ascent_steps=1, variant="xsam", alpha=1.0,
-                            search_grid=alpha_grid(2.0, 0.1), probe_rho=probe_rho,
-                            compute_grad=lambda: unflatten(q.grad_at(flatten(theta)), theta),
-                            compute_loss=lambda: q.value(flatten(theta)))
+                            passes, rho=rho, ascent_steps=1, variant="xsam", alpha=1.0,
+                            search=Search(tuple(alpha_grid(2.0, 0.1)), probe_rho))
     assert float(info.phi) == pytest.approx(s.phi, rel=1e-10) and info.alpha == s.alpha_star
 
 

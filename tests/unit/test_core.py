@@ -69,12 +69,19 @@ def test_degenerate_plane_falls_back_to_v():
     assert float(c_u) == 0.0 and float(c_v) == 1.0
 
 
+def unit_plane(displacement, grads):
+    """The plane built in place and normalised: displacement ← u − v, grads ← v; (φ, degenerate)."""
+    plane = core.plane_between_(displacement, grads, core.global_norm(grads))
+    plane.normalise_()
+    return plane.phi, plane.degenerate
+
+
 @pytest.mark.parametrize("angle", [1e-4, 0.01, 0.5, 1.5, 3.0])
 def test_plane_angle_is_accurate_at_every_angle(angle):
-    # u along e1, g_k at the given angle; plane_ works in float32 and must still resolve φ
+    # u along e1, g_k at the given angle; the plane is built in float32 and must still resolve φ
     disp = split(torch.tensor([2.0, 0, 0, 0, 0, 0, 0, 0]))
     g = split(torch.tensor([math.cos(angle), math.sin(angle), 0, 0, 0, 0, 0, 0]) * 5.0)
-    phi, degenerate = core.plane_(disp, g, core.global_norm(g))
+    phi, degenerate = unit_plane(disp, g)
     assert math.isclose(float(phi), angle, rel_tol=2e-3)
     assert not bool(degenerate)
     # u − v and v are left in place
@@ -85,7 +92,7 @@ def test_plane_flags_parallel_and_zero_vectors():
     e1 = torch.tensor([1.0, 0, 0, 0, 0, 0, 0, 0])
     for disp, g in ((e1, 3 * e1), (e1, -3 * e1), (0 * e1, e1), (e1, 0 * e1)):
         gl = split(g.clone())
-        phi, degenerate = core.plane_(split(disp.clone()), gl, core.global_norm(gl))
+        phi, degenerate = unit_plane(split(disp.clone()), gl)
         assert bool(degenerate), (disp, g)
         assert torch.isfinite(phi) and all(torch.isfinite(t).all() for t in gl)
 
@@ -131,8 +138,8 @@ def test_half_precision_tensors_take_large_scales_without_overflow(dtype):
     # a whole XSAM update with a tiny g_0 and a zero g_k: finite, θ restored
     theta, backup = split(torch.ones(8, dtype=dtype)), split(torch.empty(8, dtype=dtype))
     zeros = split(torch.zeros(8, dtype=dtype))
-    core.sharpness_update(theta, split(g.clone()), backup, rho=0.15, ascent_steps=1,
-                          variant="fixed", alpha=1.5, compute_grad=lambda: zeros)
+    core.sharpness_update(theta, split(g.clone()), backup, core.Passes(lambda: zeros), rho=0.15,
+                          ascent_steps=1, variant="fixed", alpha=1.5)
     assert torch.equal(flat(theta), torch.ones(8, dtype=dtype))
     # the descent gradient ‖g_k‖·d(α) with ‖g_k‖ = 0: exactly zero (finite, no 0·inf)
     assert torch.equal(flat(zeros), torch.zeros(8, dtype=dtype))
@@ -182,7 +189,7 @@ def reference_descent(theta, rho, k, variant, alpha):
     return gk.norm() * c / c.norm()
 
 
-def run_core(theta0, rho, k, variant, alpha, **kw):
+def run_core(theta0, rho, k, variant, alpha):
     shapes = ((2,), (2,))
     theta = split(theta0.clone(), shapes)
     grads_store = [split(grad_at(theta0), shapes)]
@@ -192,9 +199,9 @@ def run_core(theta0, rho, k, variant, alpha, **kw):
         return grads_store[0]
 
     backup = [torch.empty_like(t) for t in theta]
-    info = core.sharpness_update(theta, grads_store[0], backup, rho=rho, ascent_steps=k,
-                                 variant=variant, alpha=alpha, compute_grad=compute_grad,
-                                 compute_loss=lambda: quartic_loss(flat(theta)), **kw)
+    passes = core.Passes(compute_grad, lambda: quartic_loss(flat(theta)))
+    info = core.sharpness_update(theta, grads_store[0], backup, passes, rho=rho, ascent_steps=k,
+                                 variant=variant, alpha=alpha)
     return flat(theta), flat(grads_store[0]), info
 
 
@@ -231,9 +238,9 @@ def test_k_step_ascent_follows_the_normalised_gradient_at_each_point():
         return split(grad_at(flat(theta)), shapes)
 
     core.sharpness_update(theta, split(grad_at(theta0), shapes),
-                          [torch.empty(4, dtype=torch.float64)], rho=0.3, ascent_steps=4,
-                          variant="sam", alpha=1.0, compute_grad=compute_grad,
-                          compute_loss=lambda: quartic_loss(flat(theta)))
+                          [torch.empty(4, dtype=torch.float64)],
+                          core.Passes(compute_grad, lambda: quartic_loss(flat(theta))), rho=0.3,
+                          ascent_steps=4, variant="sam", alpha=1.0)
     expected = [theta0]
     for _ in range(4):
         g = grad_at(expected[-1])
@@ -263,9 +270,9 @@ def test_search_picks_the_maximising_direction_on_a_quadratic():
     rho, probe = 0.5, 1.5
     grid = core.alpha_grid(2.0, 0.1)
     info = core.sharpness_update(theta, [g(theta0)], [torch.empty(3, dtype=torch.float64)],
+                                 core.Passes(compute_grad, lambda: loss(theta[0])),
                                  rho=rho, ascent_steps=1, variant="xsam", alpha=1.0,
-                                 search_grid=grid, probe_rho=probe, compute_grad=compute_grad,
-                                 compute_loss=lambda: loss(theta[0]))
+                                 search=core.Search(tuple(grid), probe))
     theta1 = theta0 + rho * g(theta0) / g(theta0).norm()
     expected = [float(loss(theta0 + probe * slerp_reference(theta1 - theta0, g(theta1), a)))
                 for a in grid]
@@ -284,14 +291,15 @@ def test_parameters_restored_when_a_pass_raises():
 
     with pytest.raises(RuntimeError, match="boom"):
         core.sharpness_update(theta, [grad_at(theta0)], [torch.empty(4, dtype=torch.float64)],
-                              rho=0.2, ascent_steps=1, variant="xsam", alpha=1.0,
-                              compute_grad=failing)
+                              core.Passes(failing), rho=0.2, ascent_steps=1, variant="xsam",
+                              alpha=1.0)
     assert torch.equal(theta[0], theta0)
 
 
 # -- the α search's edge and the expanding search (alpha_max='auto') ----------------------------
 
-def search_on(A, b, theta0, rho, probe_rho, grid, expansion=None, loss=None, **kw):
+def search_on(A, b, theta0, rho, probe_rho, grid, expansion=None, loss=None,
+              max_over_workers=None):
     """One XSAM update on the quadratic (split into several tensors); counts the probes."""
     shapes = ((2,), (3,), (1,))
     theta = split(theta0.clone(), shapes)
@@ -306,11 +314,12 @@ def search_on(A, b, theta0, rho, probe_rho, grid, expansion=None, loss=None, **k
     def compute_grad():
         return split(A @ flat(theta) + b, shapes)
 
+    passes = core.Passes(compute_grad, compute_loss, **(
+        {"max_over_workers": max_over_workers} if max_over_workers else {}))
     info = core.sharpness_update(theta, split(A @ theta0 + b, shapes),
-                                 [torch.empty_like(t) for t in theta], rho=rho, ascent_steps=1,
-                                 variant="xsam", alpha=1.0, search_grid=grid,
-                                 expansion=expansion, probe_rho=probe_rho,
-                                 compute_grad=compute_grad, compute_loss=compute_loss, **kw)
+                                 [torch.empty_like(t) for t in theta], passes, rho=rho,
+                                 ascent_steps=1, variant="xsam", alpha=1.0,
+                                 search=core.Search(tuple(grid), probe_rho, expansion))
     assert torch.equal(flat(theta), theta0)
     return info, calls
 
@@ -441,6 +450,9 @@ def test_edge_of(best, n, expansion, next_within, expected):
 
 def test_search_plan_and_largest_alpha():
     assert core.search_plan(1.5, 0.5, 40) == ([0.0, 0.5, 1.0, 1.5], None)
+    assert core.Search.plan(1.5, 0.5, 40, 0.3) == core.Search((0.0, 0.5, 1.0, 1.5), 0.3, None)
+    assert core.Search.plan("auto", 0.1, 40, 0.3) == core.Search(
+        tuple(core.alpha_grid(2.0, 0.1)), 0.3, core.Expansion(0.1, 40))
     assert core.largest_alpha(1.5, 0.5, 40) == 1.5
     assert core.largest_alpha("auto", 0.1, 40) == 6.0
     assert core.largest_alpha("auto", 0.25, 3) == 2.75

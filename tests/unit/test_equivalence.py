@@ -246,9 +246,9 @@ def test_a_zero_first_gradient_gives_g_k(variant, path):
         return out[0]
 
     backup = [torch.empty_like(t) for t in theta]
-    info = core.sharpness_update(theta, grads, backup, rho=0.1, ascent_steps=1, variant=variant,
-                                 alpha=1.5, compute_grad=compute_grad,
-                                 search_grid=alpha_grid(2.0, 0.5) if variant == "xsam" else None,
-                                 probe_rho=0.2, compute_loss=lambda: theta[0].sum())
+    search = core.Search(tuple(alpha_grid(2.0, 0.5)), 0.2) if variant == "xsam" else None
+    info = core.sharpness_update(theta, grads, backup,
+                                 core.Passes(compute_grad, lambda: theta[0].sum()), rho=0.1,
+                                 ascent_steps=1, variant=variant, alpha=1.5, search=search)
     assert torch.allclose(out[0][0], g_k[0], rtol=1e-15, atol=0) and float(info.grad_norm) == 0.5
     assert torch.equal(theta[0], torch.tensor([1.0, -2.0], dtype=torch.float64))
