@@ -8,44 +8,39 @@ imports nor patches fairseq. A process that imported ``fairseq_xsam`` before fai
 runs fairseq in-process with ``--user-dir fairseq_xsam`` (which fairseq skips for an
 already-imported package) registers with ``import fairseq_xsam.fairseq``.
 
-Two fairseq functions are wrapped, each named and idempotent: :func:`_patch_trainer` (after
-``Trainer._build_optimizer`` it attaches :class:`~fairseq_xsam.fairseq.glue.TrainerGlue` when, and
-only when, the optimizer is ``xsam_adamw``) and
-:func:`fairseq_xsam.fairseq.options.patch_merge_with_parent` (checks ``xsam_adamw``'s options where
-fairseq-hydra-train's config meets the dataclass). Other optimizers are untouched. Nothing is
-changed in the process environment: checkpoints load with torch's ``weights_only=True``.
+Registering wraps two fairseq functions, ``Trainer._build_optimizer`` (after it, the glue
+:class:`~fairseq_xsam.fairseq.glue.TrainerGlue` attaches when, and only when, the optimizer is
+``xsam_adamw``) and ``merge_with_parent`` (checks ``xsam_adamw``'s options where
+fairseq-hydra-train's config meets the dataclass); every patch of fairseq, these and the ones the
+glue and the option checks apply, is listed in :mod:`fairseq_xsam.fairseq.patches` with why it
+is needed. Other optimizers are untouched. Nothing is changed in the process environment:
+checkpoints load with torch's ``weights_only=True``.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
+
+from . import patches
 
 logger = logging.getLogger(__name__)
 
 
-def _patch_trainer():
-    from fairseq.trainer import Trainer
+def _before_build(trainer) -> None:
+    """Before fairseq builds the optimizer: refuse what ``xsam_adamw`` cannot run on."""
+    if (getattr(trainer.cfg.optimizer, "_name", None) == "xsam_adamw"
+            and (trainer.cfg.common.memory_efficient_fp16
+                 or trainer.cfg.common.memory_efficient_bf16)):
+        raise ValueError(
+            "--memory-efficient-fp16 is not supported by --optimizer xsam_adamw: it keeps no "
+            "fp32 copy of the weights to restore after the ascent (allowed: --fp16 or --amp)")
 
-    if getattr(Trainer._build_optimizer, "_xsam_patched", False):
-        return
-    build = Trainer._build_optimizer
 
-    @functools.wraps(build)
-    def _build_optimizer(self):
-        if (getattr(self.cfg.optimizer, "_name", None) == "xsam_adamw"
-                and (self.cfg.common.memory_efficient_fp16
-                     or self.cfg.common.memory_efficient_bf16)):
-            raise ValueError(
-                "--memory-efficient-fp16 is not supported by --optimizer xsam_adamw: it keeps no "
-                "fp32 copy of the weights to restore after the ascent (allowed: --fp16 or --amp)")
-        build(self)
-        from .glue import attach
+def _after_build(trainer) -> None:
+    """After fairseq builds the optimizer: the glue attaches if it is ``xsam_adamw``."""
+    from .glue import attach
 
-        attach(self)
-
-    _build_optimizer._xsam_patched = True
-    Trainer._build_optimizer = _build_optimizer
+    attach(trainer)
 
 
 def register():
@@ -59,8 +54,9 @@ def register():
 
     if "xsam_adamw" not in OPTIMIZER_REGISTRY:
         from . import optimizer  # noqa: F401  (registers on import)
-    _patch_trainer()
-    options.patch_merge_with_parent(OPTIMIZER_DATACLASS_REGISTRY["xsam_adamw"])
+    patches.patch_build_optimizer(_before_build, _after_build)
+    patches.patch_merge_with_parent(OPTIMIZER_DATACLASS_REGISTRY["xsam_adamw"],
+                                    options.check_merged)
 
 
 register()

@@ -17,6 +17,9 @@ all-reduces and normalises the gradients, calls :meth:`Trainer.clip_grad_norm`, 
    gradient where the trainer's gradient was, in the units the trainer expects, and lets the
    trainer clip it (so ``--clip-norm`` applies to the descent gradient) and step.
 
+The trainer, task and optimizer methods the glue replaces are listed, with why, in
+:mod:`fairseq_xsam.fairseq.patches`.
+
 Precision is handled here, once, by :class:`Precision`: the math runs in fp32 on the tensors
 the inner optimizer owns (the model's parameters in fp32 and ``--amp``; the fp32 master copy in
 ``--fp16``, whose fp16 model weights are refreshed after every move).
@@ -47,6 +50,7 @@ from fairseq.optim.amp_optimizer import AMPOptimizer
 from fairseq.optim.fp16_optimizer import FP16Optimizer
 
 from .. import core
+from . import patches
 
 logger = logging.getLogger(__name__)
 
@@ -169,8 +173,7 @@ class Precision:
         as unscaled too, so AdamW gets the true descent gradient, as in fp32."""
         if self.mode != "amp" or self._amp_scale() is None:
             return
-        states = self.wrapper.scaler._per_optimizer_states
-        states[id(self.wrapper.fp32_optimizer)] = states[id(self.wrapper.optimizer)]
+        patches.mark_amp_unscaled(self.wrapper)
 
 
 def _on(value, like):
@@ -205,34 +208,17 @@ class TrainerGlue:
                 f"task {type(task).__name__} {refusal} (allowed: tasks whose train_step depends "
                 "only on the batch, the weights and the random state, e.g. translation, "
                 "multilingual_translation, translation_lev, masked_lm, sentence_prediction)")
-        self._train_step = task.train_step
-        task.train_step = self._record
-        self._task_begin_epoch = task.begin_epoch
-        task.begin_epoch = self._begin_epoch
-        self._clip = trainer.clip_grad_norm
-        trainer.clip_grad_norm = self._clip_grad_norm
-        self._zero_grad = trainer.zero_grad
-        trainer.zero_grad = self._start_update
+        patches.hook_trainer(self)  # sets _train_step, _task_begin_epoch, _clip, _zero_grad
         self.hook_optimizer()
 
     # -- recording ---------------------------------------------------------------------------
     def hook_optimizer(self):
-        wrapper = self.trainer._optimizer
-        if getattr(wrapper, "_xsam_factor_hooked", False):
-            return
-        multiply, reduce = wrapper.multiply_grads, wrapper.all_reduce_grads
+        # --sam-local-ascent: the gradients are reduced once, after the XSAM passes
+        patches.hook_optimizer(self.trainer._optimizer, self._set_factor,
+                               lambda: not self.local)
 
-        def multiply_grads(c):
-            self.factor = c
-            return multiply(c)
-
-        def all_reduce_grads(module):
-            if not self.local:  # --sam-local-ascent: reduced once, after the XSAM passes
-                return reduce(module)
-
-        wrapper.multiply_grads = multiply_grads
-        wrapper.all_reduce_grads = all_reduce_grads
-        wrapper._xsam_factor_hooked = True
+    def _set_factor(self, factor) -> None:
+        self.factor = factor
 
     @property
     def local(self) -> bool:

@@ -11,27 +11,29 @@ module only connects them to fairseq's two ways in, each checked once where its 
 - ``fairseq-hydra-train``: the plugin is imported (``common.user_dir``) at the start of
   ``fairseq_cli.train.main``, whose next call, ``add_defaults``, merges the composed
   ``optimizer`` config into ``XSAMAdamWConfig`` with ``fairseq.dataclass.utils.
-  merge_with_parent``. :func:`patch_merge_with_parent` checks the values there, for this
-  dataclass only: ``fairseq-hydra-train: error: optimizer.rho: invalid value -1.0 (allowed:
-  optimizer.rho > 0)``, exit status 2. Called from Python outside a hydra job, the same check
+  merge_with_parent``. :func:`check_merged` checks the values there, for this dataclass only
+  (the wrapper is :func:`fairseq_xsam.fairseq.patches.patch_merge_with_parent`):
+  ``fairseq-hydra-train: error: optimizer.rho: invalid value -1.0 (allowed: optimizer.rho >
+  0)``, exit status 2. Called from Python outside a hydra job, the same check
   raises :class:`~fairseq_xsam.settings.OptionError` (a ``ValueError``). fairseq-train runs
   ``add_defaults`` too, so its command line, checked while parsing, passes this check a second
   time (a merge cannot tell a parsed command line from a composed config). fairseq's
   ``build_optimizer`` merges with the function it imported, which is not wrapped.
 
 ``XSAMAdamW`` and the ``XSAM`` it builds take the checked values as they are. This module imports
-nothing of :mod:`.optimizer` (which imports it): :func:`patch_merge_with_parent` is given the
-config class.
+nothing of :mod:`.optimizer` (which imports it); the changes to fairseq's parser and
+``merge_with_parent`` are made by :mod:`.patches`, with these checks.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import sys
+from typing import Optional
 
 from ..settings import CHECKED, DEFAULTS, OptionError, option_name, parse_text, validate
+from . import patches
 
 _CLI_PREFIXES = tuple(f"argument {option_name(name, 'cli')}:" for name in CHECKED)
 
@@ -51,33 +53,23 @@ def check_while_parsing(parser: argparse.ArgumentParser) -> None:
     checked (cross-option rules too: ``--alpha <= --alpha-max``); the first failure, and
     argparse's own errors about these options (``--sam-variant``'s ``invalid choice``), end
     the program with one line ``PROG: error: MESSAGE`` and exit status 2 (no usage block).
-    Idempotent; other options and errors are left to argparse and fairseq.
+    Idempotent; other options and errors are left to argparse and fairseq. (The parser is
+    changed by :func:`fairseq_xsam.fairseq.patches.patch_parser`.)
     """
-    for action in parser._actions:
-        if action.dest in CHECKED and action.type is not None and not action.choices:
-            action.type = _text_type(action.dest)
-    if getattr(parser, "_xsam_checks", False):
-        return
-    parser._xsam_checks = True
-    parse_known_args, error = parser.parse_known_args, parser.error
+    patches.patch_parser(parser, {f: _text_type(f) for f in CHECKED}, _namespace_error,
+                         _CLI_PREFIXES)
 
-    def checked_parse_known_args(args=None, namespace=None):
-        namespace, extra = parse_known_args(args, namespace)
-        if getattr(namespace, "optimizer", None) == "xsam_adamw":
-            given = {f: getattr(namespace, f) for f in CHECKED if hasattr(namespace, f)}
-            try:
-                validate({**DEFAULTS, **given}, "cli")
-            except OptionError as err:
-                parser.error(str(err))
-        return namespace, extra
 
-    def one_line_error(message):
-        if message.startswith(_CLI_PREFIXES):
-            parser.exit(2, f"{parser.prog}: error: {message}\n")
-        error(message)
-
-    parser.parse_known_args = checked_parse_known_args
-    parser.error = one_line_error
+def _namespace_error(namespace: argparse.Namespace) -> Optional[str]:
+    """The first rule a parsed ``--optimizer xsam_adamw`` command line breaks, or None."""
+    if getattr(namespace, "optimizer", None) != "xsam_adamw":
+        return None
+    given = {f: getattr(namespace, f) for f in CHECKED if hasattr(namespace, f)}
+    try:
+        validate({**DEFAULTS, **given}, "cli")
+    except OptionError as err:
+        return str(err)
+    return None
 
 
 def check_config(cfg) -> dict:
@@ -105,31 +97,17 @@ def _in_hydra_job() -> bool:
     return HydraConfig.initialized()
 
 
-def patch_merge_with_parent(config_class: type) -> None:
-    """Wraps ``fairseq.dataclass.utils.merge_with_parent`` to run :func:`check_config` before
-    a config is merged into ``config_class`` (xsam_adamw's dataclass; idempotent; other
-    dataclasses untouched)."""
-    from fairseq.dataclass import utils
-
-    merge = utils.merge_with_parent
-    if getattr(merge, "_xsam_patched", False):
-        return
-
-    @functools.wraps(merge)
-    def merge_with_parent(dc, cfg, *args, **kwargs):
-        is_xsam = (isinstance(dc, config_class)
-                   or (isinstance(dc, type) and issubclass(dc, config_class)))
-        if is_xsam:
-            try:
-                check_config(cfg)
-            except OptionError as err:
-                if not _in_hydra_job():
-                    raise
-                prog = os.path.basename(sys.argv[0]) or "fairseq-hydra-train"
-                sys.stderr.write(f"{prog}: error: {err}\n")
-                sys.stderr.flush()
-                raise SystemExit(2) from None
-        return merge(dc, cfg, *args, **kwargs)
-
-    merge_with_parent._xsam_patched = True
-    utils.merge_with_parent = merge_with_parent
+def check_merged(cfg) -> None:
+    """:func:`check_config` where fairseq merges an ``optimizer`` config into ``XSAMAdamWConfig``:
+    inside a hydra job (fairseq-hydra-train) a bad value ends the program with one line
+    ``PROG: error: ...`` and exit status 2; outside one it raises
+    :class:`~fairseq_xsam.settings.OptionError`."""
+    try:
+        check_config(cfg)
+    except OptionError as err:
+        if not _in_hydra_job():
+            raise
+        prog = os.path.basename(sys.argv[0]) or "fairseq-hydra-train"
+        sys.stderr.write(f"{prog}: error: {err}\n")
+        sys.stderr.flush()
+        raise SystemExit(2) from None
