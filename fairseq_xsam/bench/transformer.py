@@ -95,9 +95,61 @@ def transformer_case(args) -> int:
 
 
 def _transformer_case(args) -> int:
-    from fairseq_xsam.fairseq.harness import build_trainer, first_batches, synthetic_corpus
+    from fairseq_xsam.fairseq.harness import synthetic_corpus
 
     data = args.data or synthetic_corpus(tempfile.mkdtemp(prefix="xsam-bench-"), n_train=400)
+    trainers, batches = _build_trainers(args, data)
+    times, peak = _time_updates(args, trainers, batches)
+    med = {n: statistics.median(t) for n, t in times.items()}
+    params = sum(p.numel() for p in trainers["adamw"].model.parameters())
+    print(f"\nmodel parameters: {params:,}; timed updates per optimizer: {args.updates} "
+          f"(one XSAM search among them)\n")
+    _print_update_table(args, trainers, times, med, peak)
+    r = _ratios(args, times, med)
+    math_s = optimizer_math_time(trainers["xsam"], args.device, repeats=args.math_repeats)
+    sam_math_s = optimizer_math_time(trainers["xsam"], args.device, repeats=args.math_repeats,
+                                     variant="sam")
+    print(f"\nXSAM vector math alone (no passes): {1000 * math_s:.2f} ms = "
+          f"{math_s / med['adamw']:.1%} of an AdamW update")
+    # XSAM's update is SAM's plus its extra vector math (same passes, same base step), and once
+    # per epoch a search: priced from the parts, each measured far more precisely than 1 %
+    search_share = r["search_extra"] / args.epoch_updates
+    parts = 1 + ((math_s - sam_math_s) + search_share) / med["sam"]
+    print(f"SAM vector math alone: {1000 * sam_math_s:.2f} ms; XSAM's extra: "
+          f"{1000 * (math_s - sam_math_s):.2f} ms = {(math_s - sam_math_s) / med['sam']:.2%} of a "
+          f"SAM update; the search amortised over {args.epoch_updates} updates: "
+          f"{search_share / med['sam']:.2%}")
+    print(f"XSAM / SAM from its parts (SAM update + XSAM's extra math + the amortised search): "
+          f"{parts:.4f} (target <= 1.01)")
+    if args.json:
+        figures = {
+            "device": args.device, "precision": args.precision,
+            "arch": args.arch or "tiny transformer", "parameters": params,
+            "timed_updates": args.updates, "warmup_updates": args.warmup,
+            "optimizers": {n: {"ms_per_update_median": 1000 * med[n],
+                               "ms_per_update_iqr": [1000 * _quartile(times[n], 0),
+                                                     1000 * _quartile(times[n], 2)],
+                               "updates_per_s": 1 / med[n],
+                               "state_kept_mib": state_bytes(trainers[n]) / 2 ** 20,
+                               "peak_cuda_mib": (peak[n] / 2 ** 20 if args.device == "cuda"
+                                                 else None)} for n in trainers},
+            "ratios": r["figures"], "seconds_per_round": times, "search_round": 0,
+            "epoch_updates": args.epoch_updates, "xsam_math_ms": 1000 * math_s,
+            "sam_math_ms": 1000 * sam_math_s, "xsam_sam_from_parts": parts}
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=1)
+    if args.profile:
+        for name in ("sam", "xsam"):
+            profile(name, lambda i, t=trainers[name]: t.train_step([batches[i % len(batches)]]),
+                    args)
+    return 0
+
+
+def _build_trainers(args, data):
+    """({optimizer name: fairseq trainer}, the prepared batches of every round)."""
+    from fairseq_xsam.fairseq.harness import build_trainer, first_batches
+
     common = ["--task", "translation", "--criterion", "label_smoothed_cross_entropy",
               "--label-smoothing", "0.1", "--dropout", "0.1", "--lr", "5e-4",
               "--adam-betas", "(0.9,0.98)", "--weight-decay", "1e-4", "--no-progress-bar",
@@ -109,7 +161,6 @@ def _transformer_case(args) -> int:
         # fairseq builds the flat fp32 master tensor on torch.cuda.current_device(): on CPU use
         # the per-parameter layout; its overflow branch calls .cuda() on a scalar
         common += ["--fp16-no-flatten-grads"]
-    epoch_updates = args.updates  # the timed window is one (simulated) epoch: one search
     trainers, batches = {}, None
     optimizers = {n: o for n, o in OPTIMIZERS.items()
                   if not (args.no_search_every_update and n == "xsam-search-every-update")}
@@ -120,6 +171,13 @@ def _transformer_case(args) -> int:
             max_tokens = args.max_tokens or (4096 if args.arch else 2000)
             batches = first_batches(task, 10 ** 6, args.warmup + args.updates, max_tokens)
             batches = [trainer._prepare_sample(b)[0] for b in batches]
+    return trainers, batches
+
+
+def _time_updates(args, trainers, batches):
+    """({name: seconds per timed update}, {name: peak CUDA bytes}): every optimizer on the same
+    batch, round by round; the timed window is one (simulated) epoch of ``args.updates``."""
+    epoch_updates = args.updates  # the timed window is one (simulated) epoch: one search
     times = {name: [] for name in trainers}
     peak = {name: 0 for name in trainers}
     total = args.warmup + args.updates
@@ -142,26 +200,33 @@ def _transformer_case(args) -> int:
                 times[name].append(time.perf_counter() - start)
                 if args.device == "cuda":
                     peak[name] = max(peak[name], torch.cuda.max_memory_allocated())
+    return times, peak
 
-    def q(values, f):
-        return statistics.quantiles(values, n=4)[f] if len(values) >= 2 else values[0]
 
-    med = {n: statistics.median(t) for n, t in times.items()}
-    params = sum(p.numel() for p in trainers["adamw"].model.parameters())
-    print(f"\nmodel parameters: {params:,}; timed updates per optimizer: {args.updates} "
-          f"(one XSAM search among them)\n")
+def _quartile(values, f):
+    return statistics.quantiles(values, n=4)[f] if len(values) >= 2 else values[0]
+
+
+def _print_update_table(args, trainers, times, med, peak) -> None:
     print("| optimizer | ms/update (median) | IQR (ms) | state kept (MiB) |"
           + (" peak CUDA (MiB) |" if args.device == "cuda" else ""))
     print("|---|---|---|---|" + ("---|" if args.device == "cuda" else ""))
     for name in trainers:
-        row = (f"| {name} | {1000 * med[name]:.2f} | {1000 * q(times[name], 0):.2f}-"
-               f"{1000 * q(times[name], 2):.2f} | {state_bytes(trainers[name]) / 2 ** 20:.2f} |")
+        row = (f"| {name} | {1000 * med[name]:.2f} | {1000 * _quartile(times[name], 0):.2f}-"
+               f"{1000 * _quartile(times[name], 2):.2f} | "
+               f"{state_bytes(trainers[name]) / 2 ** 20:.2f} |")
         if args.device == "cuda":
             row += f" {peak[name] / 2 ** 20:.0f} |"
         print(row)
+
+
+def _ratios(args, times, med) -> dict:
+    """The ratio table, printed; returns ``search_extra`` (one search's extra seconds) and the
+    ``figures`` of the JSON's ratios."""
     print("\n| ratio | measured | target |\n|---|---|---|")
     # over an epoch of E updates XSAM pays its plain update E times and one search: measured
     # here as the median plain update plus (search update - plain update) / E
+    epoch_updates = args.updates
     every = "xsam-search-every-update"
     plain = [j for j in range(args.updates) if j % epoch_updates != 0] or list(range(args.updates))
     if every in times:
@@ -190,52 +255,15 @@ def _transformer_case(args) -> int:
               f"| (price of a search) |")
     print(f"| one search's extra time / SAM update | {search_extra / med['sam']:.3f} "
           f"| (from {'the every-update optimizer' if every in times else 'XSAM search update'}) |")
-    math_s = optimizer_math_time(trainers["xsam"], args.device, repeats=args.math_repeats)
-    sam_math_s = optimizer_math_time(trainers["xsam"], args.device, repeats=args.math_repeats,
-                                     variant="sam")
-    print(f"\nXSAM vector math alone (no passes): {1000 * math_s:.2f} ms = "
-          f"{math_s / med['adamw']:.1%} of an AdamW update")
-    # XSAM's update is SAM's plus its extra vector math (same passes, same base step), and once
-    # per epoch a search: priced from the parts, each measured far more precisely than 1 %
-    parts = 1 + ((math_s - sam_math_s) + search_extra / args.epoch_updates) / med["sam"]
-    print(f"SAM vector math alone: {1000 * sam_math_s:.2f} ms; XSAM's extra: "
-          f"{1000 * (math_s - sam_math_s):.2f} ms = {(math_s - sam_math_s) / med['sam']:.2%} of a "
-          f"SAM update; the search amortised over {args.epoch_updates} updates: "
-          f"{search_extra / args.epoch_updates / med['sam']:.2%}")
-    print(f"XSAM / SAM from its parts (SAM update + XSAM's extra math + the amortised search): "
-          f"{parts:.4f} (target <= 1.01)")
-    if args.json:
-        figures = {
-            "device": args.device, "precision": args.precision,
-            "arch": args.arch or "tiny transformer", "parameters": params,
-            "timed_updates": args.updates, "warmup_updates": args.warmup,
-            "optimizers": {n: {"ms_per_update_median": 1000 * med[n],
-                               "ms_per_update_iqr": [1000 * q(times[n], 0),
-                                                     1000 * q(times[n], 2)],
-                               "updates_per_s": 1 / med[n],
-                               "state_kept_mib": state_bytes(trainers[n]) / 2 ** 20,
-                               "peak_cuda_mib": (peak[n] / 2 ** 20 if args.device == "cuda"
-                                                 else None)} for n in trainers},
-            "ratios": {"xsam_sam_amortised": amortised / med["sam"],
-                       "xsam_sam_median": med["xsam"] / med["sam"],
-                       "sam_adamw": med["sam"] / med["adamw"],
-                       "search_every_update_sam": (med[every] / med["sam"] if every in times
-                                                   else None),
-                       "search_extra_sam": search_extra / med["sam"],
-                       "xsam_sam_paired": list(paired["xsam_sam"]),
-                       "xsam_sam_paired_amortised": paired_amortised,
-                       "sam_adamw_paired": list(paired["sam_adamw"])},
-            "seconds_per_round": times, "search_round": 0,
-            "epoch_updates": args.epoch_updates, "xsam_math_ms": 1000 * math_s,
-            "sam_math_ms": 1000 * sam_math_s, "xsam_sam_from_parts": parts}
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(figures, f, indent=1)
-    if args.profile:
-        for name in ("sam", "xsam"):
-            profile(name, lambda i, t=trainers[name]: t.train_step([batches[i % len(batches)]]),
-                    args)
-    return 0
+    figures = {"xsam_sam_amortised": amortised / med["sam"],
+               "xsam_sam_median": med["xsam"] / med["sam"],
+               "sam_adamw": med["sam"] / med["adamw"],
+               "search_every_update_sam": med[every] / med["sam"] if every in times else None,
+               "search_extra_sam": search_extra / med["sam"],
+               "xsam_sam_paired": list(paired["xsam_sam"]),
+               "xsam_sam_paired_amortised": paired_amortised,
+               "sam_adamw_paired": list(paired["sam_adamw"])}
+    return {"search_extra": search_extra, "figures": figures}
 
 
 def profile(name, step, args) -> None:
