@@ -36,6 +36,7 @@ setup(
         "xsam-fidelity = fairseq_xsam.lab.fidelity_cli:main",
         "xsam-demo = fairseq_xsam.recipes.demo:main",
         "xsam-multi30k = fairseq_xsam.recipes.multi30k:main",
+        "xsam-hf-multi30k = fairseq_xsam.recipes.hf_multi30k:main",
         "xsam-study = fairseq_xsam.recipes.study:main",
         "xsam-iwslt14 = fairseq_xsam.recipes.iwslt14:main",
         "xsam-iwslt14-prepare = fairseq_xsam.recipes.iwslt14_prepare:main",

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any, List, Optional
@@ -46,6 +47,9 @@ except ImportError as e:  # the extra is not installed
 
 from .. import core, settings
 from ..optim import XSAM, _rng_state, _set_rng_state
+from ..search_log import search_line
+
+logger = logging.getLogger(__name__)
 
 #: ``TrainingArguments.optim`` values XSAM cannot wrap: they do not take a plain step on the
 #: gradient the Trainer leaves in ``.grad``.
@@ -221,6 +225,8 @@ class XSAMTrainerMixin:
             torch._foreach_mul_([p.grad for p in theta],
                                 (scaler._scale.float().reshape(()) * poison).to(overflow.device))
         self._xsam_logged.append(info)
+        if info.probe_losses is not None:
+            logger.info(search_line(self.state.global_step + 1, info))
 
     @staticmethod
     def _xsam_unscale(scaler, theta, found: Optional[torch.Tensor]) -> torch.Tensor:

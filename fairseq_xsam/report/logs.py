@@ -159,3 +159,21 @@ def edge_pinned(probes: List[float]) -> bool:
         return False
     best = max(x for x, _ in finite)
     return next(i for x, i in finite if x == best) == len(probes) - 1
+
+
+def parse_hf_history(history: List[dict]) -> dict:
+    """The Hugging Face Trainer's ``state.log_history`` (``xsam-hf-multi30k``'s
+    log_history.json) as :func:`parse_train_log` and :func:`log_timing` give a fairseq log:
+    validation loss per epoch (``eval_loss``, in nats: fairseq logs base 2), the last update
+    and the cost. The α searches come from the run's train.log, in the shared line format."""
+    valid = {round(h["epoch"]): {"loss": h["eval_loss"]} for h in history if "eval_loss" in h}
+    steps = [h["step"] for h in history if "step" in h]
+    end = next((h for h in reversed(history) if "train_runtime" in h), None)
+    updates = max(steps) if steps else None
+    timing = None
+    if end and updates:
+        timing = {"updates": updates, "wall_s": end["train_runtime"], "processes": 1,
+                  "train_wall_s": end["train_runtime"],
+                  "updates_per_s": updates / end["train_runtime"], "day": None}
+    return {"valid": valid, "updates": updates, "timing": timing}
+

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from . import run_record
-from .logs import log_timing, parse_train_log
+from .logs import log_timing, parse_hf_history, parse_train_log
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: references named in bleu.json
 
@@ -65,6 +65,11 @@ def load_run(run: Path, allow_missing: bool) -> dict:
     # updates/s = the median over epochs (an epoch in which the machine stalled does not count),
     # wall-clock = every fairseq process that wrote the log, killed ones too
     found = log_timing(log.read_text(encoding="utf-8", errors="replace"))
+    history = run / "log_history.json"  # a Hugging Face Trainer run (xsam-hf-multi30k)
+    if history.is_file():
+        hf = parse_hf_history(json.loads(history.read_text()))
+        info["valid"], info["updates"] = hf["valid"], hf["updates"]
+        found = {**hf["timing"], "day": found["day"]} if hf["timing"] else found
     if found["updates_per_s"] and found["updates"]:
         info["timing"] = {**(info["timing"] or {}), **found}
     return info
