@@ -20,7 +20,8 @@ fi
 PY="$VENV/bin/python"
 # matplotlib first: importing fairseq turns the root logger to DEBUG on stderr
 MODULES="matplotlib, tensorboardX, torch, numpy, fairseq, hydra, omegaconf, bitarray, sacrebleu, \
-sentencepiece, sklearn, scipy, regex, tqdm, yaml, packaging, pytest, xdist, sacremoses, subword_nmt"
+sentencepiece, sklearn, scipy, regex, tqdm, yaml, packaging, pytest, xdist, sacremoses, subword_nmt, \
+transformers, accelerate"
 RUFF=ruff==0.17.6  # the linter .ci/run runs (configuration: pyproject.toml)
 OMITTED='^fairseq-fixed [^ ]+ requires (torchaudio|cffi), which is not installed\.$'
 pip_q() { "$PY" -m pip install -q --disable-pip-version-check "$@"; }
@@ -34,20 +35,16 @@ if ! "$PY" -c "import $MODULES" 2>/dev/null; then
   echo "[install] fairseq's runtime dependencies, BLEU, BPE, plotting and test tools"
   pip_q hydra-core==1.3.2 omegaconf==2.3.0 bitarray sacrebleu sentencepiece scikit-learn scipy \
         regex tqdm pyyaml packaging pytest pytest-xdist sacremoses subword-nmt matplotlib tensorboardX
+  echo "[install] the hf extra: transformers, accelerate at the versions setup.py pins"
+  PIN=$(mktemp)  # keeps pip on the CPU torch installed above
+  echo "torch==2.13.0" > "$PIN"
+  pip_q -c "$PIN" --no-build-isolation -e "$ROOT[hf]"
+  rm -f "$PIN"
   echo "[install] fairseq-fixed 0.12.3.1 (compiles its extensions, about 2-3 minutes)"
   pip_q --no-build-isolation --no-deps fairseq-fixed==0.12.3.1
 fi
 pip_q --no-deps --no-build-isolation -e "$ROOT"
-# the 'hf' extra (the Hugging Face Trainer integration and its tests) at the versions setup.py
-# pins; the constraint keeps pip on the installed CPU torch
-if ! "$PY" -c "import transformers, accelerate" 2>/dev/null; then
-  echo "[install] the hf extra (transformers, accelerate)"
-  TORCH_PIN=$(mktemp)
-  "$PY" -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > "$TORCH_PIN"
-  pip_q -c "$TORCH_PIN" --no-build-isolation -e "$ROOT[hf]"
-  rm -f "$TORCH_PIN"
-fi
-if ! "$PY" -c "import $MODULES, fairseq_xsam, transformers, accelerate"; then
+if ! "$PY" -c "import $MODULES, fairseq_xsam"; then
   echo "[install] FAILED: a module above does not import in $VENV" >&2
   exit 1
 fi
