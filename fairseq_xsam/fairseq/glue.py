@@ -50,16 +50,10 @@ from fairseq.optim.amp_optimizer import AMPOptimizer
 from fairseq.optim.fp16_optimizer import FP16Optimizer
 
 from .. import core
+from ..search_log import search_line
 from . import patches
 
 logger = logging.getLogger(__name__)
-
-#: Appended to a search's log line when α* is its last probe (a report parser keys on the prefix
-#: " [at the grid's edge"); the rest says what bounded the search (core.edge_of).
-EDGE_NOTES = {core.EDGE_GRID: " [at the grid's edge]",
-              core.EDGE_PROBES: " [at the grid's edge: --alpha-expand-probes used up]",
-              core.EDGE_OPPOSITE: " [at the grid's edge: alpha*phi reached pi]"}
-
 
 #: Tasks whose ``train_step`` cannot be replayed: it depends on more than the batch, the weights
 #: and the random state. Named by class, so that checking needs no import of the task.
@@ -381,10 +375,7 @@ class TrainerGlue:
                 metrics.log_scalar("xsam_probe_max", finite.max(), priority=830, round=3)
             metrics.log_scalar("xsam_alpha_at_edge", float(bool(info.at_edge)), priority=840,
                                round=2)
-            logger.info("XSAM alpha search at update %d: alpha=%.2f (probe losses %s)%s",
-                        self.trainer.get_num_updates() + 1, info.alpha,
-                        " ".join(f"{x:.4f}" for x in info.probe_losses.tolist()),
-                        EDGE_NOTES.get(info.edge, ""))
+            logger.info(search_line(self.trainer.get_num_updates() + 1, info))
 
 
 def attach(trainer) -> None:
