@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import torch
 from torch.utils.data import SequentialSampler
-from transformers import MarianConfig, MarianMTModel, Seq2SeqTrainer, Seq2SeqTrainingArguments
+from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
 
-PAD, EOS, VOCAB = 0, 1, 40
+from fairseq_xsam.recipes import hf_multi30k as recipe
+
+PAD, EOS, VOCAB = recipe.PAD, recipe.EOS, 40
 
 
-def tiny_model(seed: int = 0, dropout: float = 0.0) -> MarianMTModel:
-    torch.manual_seed(seed)
-    config = MarianConfig(vocab_size=VOCAB, decoder_vocab_size=VOCAB, d_model=16,
-                          encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-                          decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
-                          max_position_embeddings=32, pad_token_id=PAD, eos_token_id=EOS,
-                          decoder_start_token_id=PAD, forced_eos_token_id=EOS, dropout=dropout,
-                          attention_dropout=0.0, activation_dropout=0.0, scale_embedding=True,
-                          share_encoder_decoder_embeddings=True)
-    return MarianMTModel(config)
+def tiny_model(seed: int = 0, dropout: float = 0.0):
+    """The recipe's Marian-style model at d = 16, one layer each side, a 40-token vocabulary."""
+    return recipe.build_model(dict(d_model=16, layers=1, heads=2, ffn=32, vocab=VOCAB), dropout,
+                              seed)
 
 
 def sentences(n: int = 16, seed: int = 1) -> list:
@@ -34,32 +30,11 @@ def sentences(n: int = 16, seed: int = 1) -> list:
     return out
 
 
-def collate(examples: list) -> dict:
-    width = max(len(e["input_ids"]) for e in examples)
-    label_width = max(len(e["labels"]) for e in examples)
-    ids = torch.full((len(examples), width), PAD)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    labels = torch.full((len(examples), label_width), -100)
-    for row, e in enumerate(examples):
-        ids[row, :len(e["input_ids"])] = torch.tensor(e["input_ids"])
-        mask[row, :len(e["input_ids"])] = 1
-        labels[row, :len(e["labels"])] = torch.tensor(e["labels"])
-    decoder_ids = torch.cat([torch.full((len(examples), 1), PAD), labels[:, :-1]], dim=1)
-    decoder_ids[decoder_ids == -100] = PAD  # labels shifted right (Marian starts with PAD)
-    return {"input_ids": ids, "attention_mask": mask, "decoder_input_ids": decoder_ids,
-            "labels": labels}
-
-
-def token_loss(outputs, labels, num_items_in_batch=None):
-    """Cross-entropy summed over the target tokens, divided by the number of target tokens of
-    the whole update (``num_items_in_batch``): what makes accumulation exact."""
-    logits = outputs["logits"]
-    total = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)),
-                                              labels.reshape(-1), ignore_index=-100,
-                                              reduction="sum")
-    if num_items_in_batch is None:
-        return total / labels.ne(-100).sum()
-    return total / num_items_in_batch
+#: the recipe's collator (padded source and mask, labels with -100, labels shifted right) and
+#: its per-update-token loss without smoothing: cross-entropy summed over the target tokens,
+#: divided by the update's target tokens (num_items_in_batch), what makes accumulation exact
+collate = recipe.collate
+token_loss = recipe.label_smoothed_loss(0.0)
 
 
 class InOrderTrainer(Seq2SeqTrainer):
