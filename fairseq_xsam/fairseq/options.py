@@ -16,9 +16,9 @@ module only connects them to fairseq's two ways in, each checked once where its 
   ``fairseq-hydra-train: error: optimizer.rho: invalid value -1.0 (allowed: optimizer.rho >
   0)``, exit status 2. Called from Python outside a hydra job, the same check
   raises :class:`~fairseq_xsam.settings.OptionError` (a ``ValueError``). fairseq-train runs
-  ``add_defaults`` too, so its command line, checked while parsing, passes this check a second
-  time (a merge cannot tell a parsed command line from a composed config). fairseq's
-  ``build_optimizer`` merges with the function it imported, which is not wrapped.
+  ``add_defaults`` too; the values its command line was checked with while parsing are not
+  checked again there (:data:`_CHECKED_VALUES`). fairseq's ``build_optimizer`` merges with the
+  function it imported, which is not wrapped.
 
 ``XSAMAdamW`` and the ``XSAM`` it builds take the checked values as they are. This module imports
 nothing of :mod:`.optimizer` (which imports it); the changes to fairseq's parser and
@@ -66,10 +66,21 @@ def _namespace_error(namespace: argparse.Namespace) -> Optional[str]:
         return None
     given = {f: getattr(namespace, f) for f in CHECKED if hasattr(namespace, f)}
     try:
-        validate({**DEFAULTS, **given}, "cli")
+        values = validate({**DEFAULTS, **given}, "cli")
     except OptionError as err:
         return str(err)
+    _CHECKED_VALUES.append(_checked_key(values))
     return None
+
+
+#: Value sets already found valid while a command line was parsed: fairseq-train merges the same
+#: values into the dataclass afterwards (``add_defaults``), and :func:`check_config` does not
+#: check them a second time. Only valid sets are kept, so skipping never lets a bad value by.
+_CHECKED_VALUES: list = []
+
+
+def _checked_key(values) -> tuple:
+    return tuple((name, repr(values[name])) for name in CHECKED)
 
 
 def check_config(cfg) -> dict:
@@ -86,7 +97,10 @@ def check_config(cfg) -> dict:
     given = {f: parse_text(f, get(f)) for f in present}
     if "sam_variant" in given:
         given["sam_variant"] = str(given["sam_variant"])  # a ChoiceEnum member once merged
-    return validate({**DEFAULTS, **given}, "hydra")
+    values = {**DEFAULTS, **given}
+    if _checked_key(values) in _CHECKED_VALUES:
+        return values  # fairseq-train's command line, checked while it was parsed
+    return validate(values, "hydra")
 
 
 def _in_hydra_job() -> bool:

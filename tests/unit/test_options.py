@@ -329,3 +329,33 @@ def test_recipe_train_accepts_an_alpha_that_alpha_max_auto_allows(capsys):
         recipe.main(["train", "fixed", "--alpha", "3", "--cpu", "--dry-run"])
     assert stop.value.code == 2
     assert "argument --alpha: 3.0 (allowed: 0 <= alpha <= 2)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("words", [[], ["--rho", "0.05", "--probe-rho", "0.15", "--alpha-max",
+                                        "auto", "--alpha", "2.5", "--alpha-search", "3"]])
+def test_fairseq_train_checks_its_command_line_once(words, monkeypatch):
+    """fairseq-train's path (parse_args_and_arch, then the config merge of add_defaults, as
+    fairseq_cli.train does) runs the rules once; a config the parser never saw is still
+    checked where it is merged."""
+    from fairseq import options as fairseq_options
+    from fairseq.dataclass.initialize import add_defaults
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    from fairseq_xsam.fairseq import options as xsam_options
+
+    calls = []
+    real = xsam_options.validate
+    monkeypatch.setattr(xsam_options, "validate",
+                        lambda values, style, *a: calls.append(style) or real(values, style, *a))
+    parser = fairseq_options.get_training_parser()
+    args = fairseq_options.parse_args_and_arch(parser, [
+        "data", "--user-dir", USER_DIR, "--task", "translation", "--arch", "transformer",
+        "--optimizer", "xsam_adamw", *words])
+    cfg = convert_namespace_to_omegaconf(args)
+    add_defaults(cfg)
+    assert calls == ["cli"]
+    assert cfg.optimizer.rho == (0.05 if words else 0.15)
+    changed = dict(cfg.optimizer)
+    changed["rho"] = 0.07  # valid, but never parsed: the merge checks it
+    xsam_options.check_config(changed)
+    assert calls == ["cli", "hydra"]
