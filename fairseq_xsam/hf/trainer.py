@@ -23,8 +23,9 @@ any pass poisons it, so the Trainer's own check skips the update, lowers the sca
 step the scheduler, exactly as for an overflow in its own pass. bf16 needs nothing: autocast is
 the prepared model's, replayed with it.
 
-Not supported (refused by :func:`equip` with the reason): DeepSpeed, FSDP, optimizers that do not
-take a plain gradient step (LOMO, GaLore, APOLLO, schedule-free), and a Trainer given its own
+Not supported (refused by :func:`equip` with the reason): DeepSpeed, FSDP, a model split or
+sharded across devices, DataParallel (several GPUs in one process), optimizers that do not take
+a plain gradient step (LOMO, GaLore, APOLLO, schedule-free), and a Trainer given its own
 optimizer instance.
 """
 
@@ -76,6 +77,14 @@ def _refusal(trainer) -> str:
         return "DeepSpeed is not supported (allowed: single process, DDP or DataParallel)"
     if getattr(trainer, "is_fsdp_enabled", False):
         return "FSDP is not supported (allowed: single process, DDP or DataParallel)"
+    if getattr(trainer, "is_model_parallel", False) or getattr(
+            trainer, "is_distributed_loading_by_transformers", False):
+        return ("a model split or sharded across devices is not supported (allowed: the whole "
+                "model on one device per process)")
+    if trainer.args.n_gpu > 1:
+        return ("DataParallel (several GPUs in one process) is not supported: its replicas' "
+                "random streams cannot be replayed (allowed: one GPU per process, e.g. torchrun "
+                "or accelerate launch)")
     if trainer.optimizer is not None:
         return ("the Trainer was given an optimizer; equip() builds XSAM around the one "
                 "TrainingArguments.optim chooses (allowed: optimizers=(None, scheduler))")
@@ -133,10 +142,14 @@ class _LossSum:
 
 
 class _EpochClock(TrainerCallback):
-    """Tells XSAM each epoch's start (``alpha_search='epoch'``); epochs count from 1."""
+    """Tells XSAM each epoch's start (``alpha_search='epoch'``); epochs count from 1. A new
+    ``train()`` starts with no recorded micro-batches."""
 
     def __init__(self, trainer):
         self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer._xsam_micro = []
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         xsam = self.trainer._xsam
@@ -151,7 +164,7 @@ class XSAMTrainerMixin:
     def _xsam_setup(self, values: dict) -> None:
         self._xsam_values = values
         self._xsam_micro: List[_MicroBatch] = []
-        self._xsam_logged: List[core.UpdateInfo] = []
+        self._xsam_tally = _Tally()
         self.add_callback(_EpochClock(self))
 
     @property
@@ -180,7 +193,11 @@ class XSAMTrainerMixin:
     def training_step(self, model, inputs, num_items_in_batch=None):
         self._xsam_micro.append(_MicroBatch(copy.copy(inputs), num_items_in_batch,
                                             _rng_state(self._xsam_devices(model))))
-        loss = super().training_step(model, inputs, num_items_in_batch)
+        try:
+            loss = super().training_step(model, inputs, num_items_in_batch)
+        except BaseException:  # (an interrupted update is never replayed into the next one)
+            self._xsam_micro = []
+            raise
         if self.accelerator.sync_gradients:  # the update's last micro-batch: before clipping
             try:
                 self._xsam_update(model)
@@ -224,8 +241,8 @@ class XSAMTrainerMixin:
                                  torch.ones_like(overflow))
             torch._foreach_mul_([p.grad for p in theta],
                                 (scaler._scale.float().reshape(()) * poison).to(overflow.device))
-        self._xsam_logged.append(info)
-        if info.probe_losses is not None:
+        self._xsam_tally.add(info)
+        if info.probe_losses is not None and self.is_world_process_zero():
             logger.info(search_line(self.state.global_step + 1, info))
 
     @staticmethod
@@ -241,7 +258,8 @@ class XSAMTrainerMixin:
 
     def _xsam_loss(self, model) -> torch.Tensor:
         """L at the current weights, normalised as the gradient passes normalise it: every
-        micro-batch replayed forward-only through ``training_step``, summed over workers."""
+        micro-batch replayed forward-only through ``training_step``, averaged over workers as
+        DDP averages their gradients (so every worker probes the same numbers)."""
         real, probe = self.accelerator, _LossSum(self.accelerator)
         self.accelerator = probe
         try:
@@ -252,7 +270,7 @@ class XSAMTrainerMixin:
             self.accelerator = real
         total = probe.total
         if real.num_processes > 1:
-            total = real.reduce(total.reshape(1), reduction="sum").reshape(())
+            total = real.reduce(total.reshape(1), reduction="mean").reshape(())
         return total
 
     # -- logging ------------------------------------------------------------------------------
@@ -264,20 +282,45 @@ class XSAMTrainerMixin:
     def _xsam_summary(self) -> dict:
         """α in use, and the means since the last log of ‖g_k‖, φ (degrees) and, over the
         searches, the probe maximum and the fraction of searches at the edge."""
-        infos, self._xsam_logged = self._xsam_logged, []
-        out = {"xsam_alpha": round(self._xsam.alpha, 4)}
-        if infos:
-            out["xsam_gk_norm"] = round(float(torch.stack(
-                [torch.as_tensor(i.grad_norm, dtype=torch.float32) for i in infos]).mean()), 4)
-            phis = [i.phi for i in infos if i.phi is not None]
-            if phis:
-                out["xsam_phi"] = round(float(torch.rad2deg(torch.stack(phis).float()).mean()), 3)
-        searches = [i for i in infos if i.probe_losses is not None]
-        if searches:
-            out["xsam_alpha_at_edge"] = sum(bool(i.at_edge) for i in searches) / len(searches)
-            finite = [i.probe_losses[torch.isfinite(i.probe_losses)] for i in searches]
-            finite = [f.max() for f in finite if f.numel()]
-            if finite:
-                out["xsam_probe_max"] = round(float(torch.stack(finite).mean()), 4)
-        return out
+        tally, self._xsam_tally = self._xsam_tally, _Tally()
+        return {"xsam_alpha": round(self._xsam.alpha, 4), **tally.means()}
 
+
+def _significant(value) -> float:
+    return float(f"{float(value):.6g}")
+
+
+class _Tally:
+    """Running sums of an interval's logged quantities (tensors: no host synchronisation until
+    the Trainer logs; nothing grows with the number of updates)."""
+
+    def __init__(self):
+        self.updates = self.phis = self.searches = self.edges = 0
+        self.gk = self.phi = self.probe_max = self.probed = 0.0
+
+    def add(self, info: core.UpdateInfo) -> None:
+        self.updates += 1
+        self.gk = self.gk + torch.as_tensor(info.grad_norm, dtype=torch.float32)
+        if info.phi is not None:
+            self.phi = self.phi + torch.rad2deg(info.phi.float())
+            self.phis += 1
+        if info.probe_losses is not None:
+            self.searches += 1
+            self.edges += bool(info.at_edge)
+            losses = info.probe_losses.float()
+            top = torch.where(torch.isfinite(losses), losses, -math.inf).max()
+            finite = torch.isfinite(top)
+            self.probe_max = self.probe_max + torch.where(finite, top, 0.0)
+            self.probed = self.probed + finite.float()
+
+    def means(self) -> dict:
+        out = {}
+        if self.updates:
+            out["xsam_gk_norm"] = _significant(self.gk / self.updates)
+        if self.phis:
+            out["xsam_phi"] = _significant(self.phi / self.phis)
+        if self.searches:
+            out["xsam_alpha_at_edge"] = self.edges / self.searches
+            if float(self.probed):
+                out["xsam_probe_max"] = _significant(self.probe_max / self.probed)
+        return out

@@ -3,7 +3,7 @@
 The fairseq study's setting, as far as a Trainer has it: a Marian-style encoder-decoder built
 from a config (no download) of the study's size (3+3 layers, d=128, 4 heads, FFN 512, shared
 embeddings, dropout 0.1), a joint SentencePiece BPE model (6,000 pieces) trained on the shipped
-training text, label-smoothed cross-entropy (0.1) per target token, AdamW (β = 0.9, 0.98,
+training text, label-smoothed cross-entropy (0.1, PyTorch's form) per target token, AdamW (β = 0.9, 0.98,
 weight decay 1e-4), lr 2e-3 with 200 warm-up updates and inverse-sqrt decay, about 110
 sentences per update; SAM and XSAM through :func:`fairseq_xsam.hf.equip` at the ρ the fairseq
 study chose (SAM 0.1, XSAM 0.05, ρ' = 3ρ), α searched every epoch. Evaluation: beam search on the
@@ -86,8 +86,10 @@ def collate(examples: list) -> dict:
 
 
 def label_smoothed_loss(epsilon: float):
-    """fairseq's label_smoothed_cross_entropy per target token: summed over the micro-batch and
-    divided by the update's target tokens (``num_items_in_batch``), so accumulation is exact."""
+    """Label-smoothed cross-entropy per target token, PyTorch's form (ε spread over all V
+    classes; fairseq's label_smoothed_cross_entropy spreads it over the V − 1 others, a
+    difference of ε/V(V−1) per class): summed over the micro-batch and divided by the update's
+    target tokens (``num_items_in_batch``), so accumulation is exact."""
     def loss(outputs, labels, num_items_in_batch=None):
         logp = torch.log_softmax(outputs["logits"].float(), dim=-1)
         keep = labels.ne(-100)
@@ -164,9 +166,15 @@ def train(args, run: Path):
     resume = any(out.glob("checkpoint-*"))
     start = time.time()
     trainer.train(resume_from_checkpoint=True if resume else None)
-    (run / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
-    (run / "timing.json").write_text(json.dumps({
-        "wall_s": round(time.time() - start, 1), "updates": trainer.state.global_step,
+    history, saved = list(trainer.state.log_history), run / "log_history.json"
+    if resume and saved.is_file():  # a checkpoint's history lacks the earlier calls' summaries
+        earlier = [h for h in json.loads(saved.read_text()) if "train_runtime" in h]
+        history[-1:-1] = [h for h in earlier if h not in history]
+    saved.write_text(json.dumps(history, indent=1) + "\n")
+    timing = run / "timing.json"  # wall-clock added up over every call that trained the run
+    before = json.loads(timing.read_text())["wall_s"] if resume and timing.is_file() else 0.0
+    timing.write_text(json.dumps({
+        "wall_s": round(before + time.time() - start, 1), "updates": trainer.state.global_step,
         "resumed": resume, "threads": torch.get_num_threads()}, indent=2) + "\n")
     return trainer.model, sp, options
 

@@ -168,12 +168,12 @@ def parse_hf_history(history: List[dict]) -> dict:
     and the cost. The α searches come from the run's train.log, in the shared line format."""
     valid = {round(h["epoch"]): {"loss": h["eval_loss"]} for h in history if "eval_loss" in h}
     steps = [h["step"] for h in history if "step" in h]
-    end = next((h for h in reversed(history) if "train_runtime" in h), None)
+    runtimes = [h["train_runtime"] for h in history if "train_runtime" in h]  # one per train()
     updates = max(steps) if steps else None
     timing = None
-    if end and updates:
-        timing = {"updates": updates, "wall_s": end["train_runtime"], "processes": 1,
-                  "train_wall_s": end["train_runtime"],
-                  "updates_per_s": updates / end["train_runtime"], "day": None}
+    if runtimes and updates:
+        wall = sum(runtimes)
+        timing = {"updates": updates, "wall_s": wall, "processes": len(runtimes),
+                  "train_wall_s": wall, "updates_per_s": updates / wall, "day": None}
     return {"valid": valid, "updates": updates, "timing": timing}
 

@@ -49,9 +49,12 @@ def test_a_short_xsam_run_is_scored_and_read_by_the_report(tmp_path, capsys):
     out = tmp_path / "report"
     assert report_cli.main([str(run), "--rescore", "--out", str(out)]) == 0
     assert "3 equal to bleu.json" in (out / "report.md").read_text()
+    speed = info["timing"]["updates_per_s"]
     assert recipe.main(args) == 0  # run again: resumes from its last checkpoint, trains nothing
     assert json.loads((run / "timing.json").read_text())["resumed"] is True
-    assert load_run(run, allow_missing=False)["updates"] == 8
+    again = load_run(run, allow_missing=False)
+    assert again["updates"] == 8 and again["timing"]["processes"] == 2
+    assert again["timing"]["updates_per_s"] <= speed  # the second call's time adds up
 
 
 @pytest.mark.parametrize("argv,message", [

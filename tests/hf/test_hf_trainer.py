@@ -91,6 +91,31 @@ def test_descent_gradient_equals_plain_xsam_on_one_big_batch(tmp_path, variant, 
         assert trainer._xsam.alpha == pytest.approx(info.alpha)
 
 
+def test_dropout_masks_are_replayed_in_every_pass(tmp_path):
+    """Dropout on: every pass of the update sees the masks of the Trainer's pass, as the plain
+    XSAM's closure step replays its start state in every pass."""
+    model, grab, starts = tiny_model(dropout=0.3), Grabber(), []
+
+    class Start(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            starts.append(torch.get_rng_state())
+
+    trainer = make_trainer(tmp_path, model=copy.deepcopy(model), steps=1,
+                           callbacks=[grab, Start()])
+    equip(trainer, **OPTIONS, alpha_search=1)
+    trainer.train()
+    hand = copy.deepcopy(model)
+    hand.train()
+    xsam = XSAM([p for p in hand.parameters() if p.requires_grad], torch.optim.SGD, lr=0.0,
+                **OPTIONS, alpha_search=1)
+    batch = collate(sentences()[:4])
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    torch.set_rng_state(starts[0])
+    xsam.step(lambda: token_loss(hand(**inputs), batch["labels"]))
+    expected = {n: p.grad for n, p in hand.named_parameters() if p.grad is not None}
+    assert close(grab.grads[0], expected) and xsam.alpha == trainer._xsam.alpha
+
+
 def test_accumulation_equals_one_big_batch_over_several_updates(tmp_path):
     runs = []
     for batch, accumulation in ((4, 1), (2, 2), (1, 4)):
@@ -162,7 +187,7 @@ def test_the_random_stream_after_an_update_is_a_plain_updates(tmp_path):
 def test_two_processes_equal_one_process_with_accumulation_two(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
-                           "2", "--master_port", "29631", "-m", "tests.hf.ddp_hf_worker",
+                           "2", "--standalone", "-m", "tests.hf.ddp_hf_worker",
                            str(tmp_path)], env=env, cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -222,6 +247,9 @@ def test_mixed_precision_passes_replay_autocast_and_undo_loss_scaling(tmp_path, 
 
 
 def test_fp16_overflow_in_an_ascent_pass_skips_the_update(tmp_path, restore_precision):
+    """(An inf in the ascent gradient reaches the descent gradient through its norm, so this
+    passes without the glue's explicit poisoning of the update, which is a guard for passes
+    whose overflow would not propagate.)"""
     model = tiny_model()
     trainer = make_trainer(tmp_path, model=model, steps=2)
     equip(trainer, **OPTIONS, alpha_search=1, alpha=0.7)
@@ -275,6 +303,10 @@ def test_bad_options_and_setups_fail_with_one_line_before_training(tmp_path):
     given.optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(ValueError, match=r"^equip\(\): the Trainer was given an optimizer"):
         equip(given)
+    several = make_trainer(tmp_path)
+    several.args._n_gpu = 2
+    with pytest.raises(ValueError, match=r"^equip\(\): DataParallel .* is not supported"):
+        equip(several)
     free = make_trainer(tmp_path, optim="schedule_free_adamw")
     with pytest.raises(ValueError, match=r"schedule_free_adamw.*\(allowed: optimizers that"):
         equip(free)
