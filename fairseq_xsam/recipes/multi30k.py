@@ -231,8 +231,10 @@ def prepare(out, *, vocab: int, train_lines: Optional[int], test_lines: Optional
         if {k: manifest.get(k) for k in settings} == settings:
             log(f"prepare: {out} is prepared already ({manifest_file})")
             return manifest
-        raise SystemExit(f"prepare: {out} holds data prepared with other settings (see "
-                         f"{manifest_file}); choose another --out or remove it")
+        differ = ", ".join(k if k in manifest else f"{k} (not recorded: an older preparation)"
+                           for k in settings if manifest.get(k) != settings[k])
+        raise SystemExit(f"prepare: {out} holds data prepared with other settings ({differ}; "
+                         f"see {manifest_file}); choose another --out or remove it")
     (out / "raw").mkdir(parents=True, exist_ok=True)
     (out / "spm").mkdir(exist_ok=True)
     sizes = {}

@@ -705,5 +705,10 @@ def test_a_preparation_is_reused_from_any_copy_of_the_corpus_and_only_of_it(tmp_
     assert made["sizes"]["train"] == 400 and not any("prepared already" in m for m in messages)
     again = recipe.prepare(out, source=moved, log=messages.append, **settings)
     assert again == made and "is prepared already" in messages[-1]
-    with pytest.raises(SystemExit, match="prepared with other settings"):
+    with pytest.raises(SystemExit, match=r"prepared with other settings \(source_sha256; "):
         recipe.prepare(out, source=changed, log=messages.append, **settings)
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["source_sha256"]  # as written before the data-bin was keyed by content
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SystemExit, match=r"\(source_sha256 \(not recorded: an older prep"):
+        recipe.prepare(out, source=first, log=messages.append, **settings)
