@@ -14,10 +14,15 @@ PAIRS = (("xsam", "sam"), ("xsam", "adamw"))
 def pairs(labels) -> List[tuple]:
     """PAIRS, then each variant of XSAM (a label ``xsam_<name>``, e.g. ``xsam_auto``)
     and the fixed-α baseline (``fixed`` or ``fixed_<name>``: XSAM's direction without the
-    search) against default XSAM."""
+    search) against default XSAM, then each variant of SAM (``sam_<name>``, e.g. ``sam_k3``)
+    against default SAM and the XSAM variant of the same name against it (``xsam_k3`` vs
+    ``sam_k3``: the two optimizers compared under the same change)."""
     variants = sorted(lab for lab in labels if lab.startswith("xsam_")) + sorted(
         lab for lab in labels if lab == "fixed" or lab.startswith("fixed_"))
-    return list(PAIRS) + [(lab, "xsam") for lab in variants]
+    sam_variants = sorted(lab for lab in labels if lab.startswith("sam_"))
+    return (list(PAIRS) + [(lab, "xsam") for lab in variants]
+            + [(lab, "sam") for lab in sam_variants]
+            + [("x" + lab, lab) for lab in sam_variants if "x" + lab in labels])
 
 
 def read_references(score: dict, refs_dir: Optional[Path]) -> List[str]:

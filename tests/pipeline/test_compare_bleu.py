@@ -339,6 +339,9 @@ def test_an_xsam_variant_is_tested_against_default_xsam(multi, tmp_path):
     assert compare_bleu_module().pairs({"adamw", "fixed_a05", "xsam_auto", "fixed", "lsam"}) == \
         [("xsam", "sam"), ("xsam", "adamw"), ("xsam_auto", "xsam"), ("fixed", "xsam"),
          ("fixed_a05", "xsam")]
+    # a SAM variant is tested against SAM, and the XSAM variant of the same name against it
+    assert compare_bleu_module().pairs({"sam", "xsam", "sam_k3", "xsam_k3", "sam_wd"})[2:] == \
+        [("xsam_k3", "xsam"), ("sam_k3", "sam"), ("sam_wd", "sam"), ("xsam_k3", "sam_k3")]
 
 
 def compare_bleu_module():
