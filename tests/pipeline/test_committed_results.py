@@ -45,3 +45,33 @@ def test_committed_hypotheses_rescore_to_the_reported_bleu(eval_dir, name, score
     assert round(again.score, 2) == score["sacrebleu"]
     assert str(bleu.get_signature()).split("|version:")[0] == score["signature"].split(
         "|version:")[0]
+
+
+FIDELITY = ROOT / "docs/results/multi30k/fidelity"
+
+
+def _close(a, b):
+    """Equal up to float rounding; NaN equals NaN."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, float) or isinstance(b, float):
+        return a == pytest.approx(b, rel=1e-12, abs=1e-15, nan_ok=True)
+    return a == b
+
+
+def test_committed_fidelity_summaries_are_recomputed_from_their_batches():
+    """Every committed measurement's summary, and summary.json (what the report and the plot read),
+    follow from the per-batch numbers: a re-measured or added checkpoint without a regenerated
+    summary fails here."""
+    from fairseq_xsam.lab.fidelity_cli import summary_of
+
+    records = {p.stem: json.loads(p.read_text()) for p in FIDELITY.glob("*-epoch*.json")}
+    assert len(records) >= 7
+    for label, rec in records.items():
+        assert rec["label"] == label and len(rec["batches"]) == rec["settings"]["batches"]
+        assert _close(summary_of(rec["batches"], rec["settings"]["radii"]), rec["summary"]), label
+    table = json.loads((FIDELITY / "summary.json").read_text())
+    assert sorted(row["label"] for row in table) == sorted(records)
+    for row in table:
+        rec = records[row["label"]]
+        assert row["epoch"] == rec["epoch"] and _close(row["summary"], rec["summary"])
