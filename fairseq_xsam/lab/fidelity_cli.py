@@ -196,34 +196,48 @@ def summarize(args) -> int:
 
 
 def plot(records: List[dict], path: str) -> None:
+    """Mean ± std over batches against the checkpoint's epoch: one panel per (metric, radius), a
+    colour per direction, a line style per run; the points of one epoch are spread a little
+    sideways so that their error bars stay apart."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     radii = records[0]["settings"]["radii"]
     runs = sorted({r["label"].rsplit("-epoch", 1)[0] for r in records})
-    fig, axes = plt.subplots(2, len(radii), figsize=(5.5 * len(radii), 7), squeeze=False)
+    fig, axes = plt.subplots(2, len(radii), figsize=(5.5 * len(radii), 7.6), squeeze=False)
     styles = ["-", "--", ":", "-."]
+    shown = [name for name in DIRECTIONS
+             if any(name in x["summary"][repr(r)] for x in records for r in radii)]
     for col, r in enumerate(radii):
         for row, metric in enumerate(("cosine", "fraction")):
             ax = axes[row][col]
             for k, run in enumerate(runs):
                 mine = [x for x in records if x["label"].rsplit("-epoch", 1)[0] == run]
-                for n, name in enumerate(DIRECTIONS):
+                for n, name in enumerate(shown):
                     pts = [(x["epoch"], x["summary"][repr(r)][name][metric])
                            for x in mine if name in x["summary"][repr(r)]]
                     if not pts:
                         continue
-                    ax.errorbar([p[0] for p in pts], [p[1]["mean"] for p in pts],
+                    shift = 0.12 * (n - (len(shown) - 1) / 2)
+                    ax.errorbar([p[0] + shift for p in pts], [p[1]["mean"] for p in pts],
                                 yerr=[p[1]["std"] for p in pts], color=f"C{n}",
-                                linestyle=styles[k % len(styles)], marker="o", capsize=3,
-                                label=f"{name}" + (f" ({run})" if len(runs) > 1 else ""))
+                                linestyle=styles[k % len(styles)], marker="o", markersize=4,
+                                capsize=2, linewidth=1.2)
             ax.set_title(f"{metric} to the worst case, r = {r}")
             ax.set_xlabel("epoch of the checkpoint")
             ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
+    handles = [Line2D([], [], color=f"C{n}", marker="o", label=name)
+               for n, name in enumerate(shown)]
+    if len(runs) > 1:
+        handles += [Line2D([], [], color="0.3", linestyle=styles[k % len(styles)], label=run)
+                    for k, run in enumerate(runs)]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), fontsize=8,
+               frameon=False)
+    rows = -(-len(handles) // 4)
+    fig.tight_layout(rect=(0, 0.035 * rows + 0.01, 1, 1))
     fig.savefig(path, dpi=110)
     print(f"xsam-fidelity: wrote {path}")
 
